@@ -207,12 +207,14 @@ def composite_tiles(
     binning: Binning,
     width: int,
     height: int,
+    absgrad: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Front-to-back alpha compositing, one tile at a time.
 
     means2d [N, 2], conics [N, 3], opacities [N], features [N, C] (colour, depth, ...).
     Returns the accumulated features [H, W, C] (sum_i f_i a_i T_i, no background) and the
-    final transmittance T_final [H, W].
+    final transmittance T_final [H, W]. If `absgrad` [N, 2] is given, backward adds to it
+    the sum over pixels of |dL/dmeans2d| of each pixel's own term.
     """
     C = features.shape[1]
     rows, cols, feats, trans = [], [], [], []
@@ -233,6 +235,8 @@ def composite_tiles(
         g = binning.gaussian_ids[start:end]  # [K] front to back
         pix = torch.stack([px, py], dim=-1).to(means2d.dtype) + 0.5  # [P, 2] pixel centres
         d = pix[:, None, :] - means2d[g][None, :, :]  # [P, K, 2]
+        if absgrad is not None and d.requires_grad:
+            d.register_hook(_accumulate_abs(absgrad, g))
         a, b, c = conics[g].unbind(-1)  # [K] each
         power = -0.5 * (a * d[..., 0] ** 2 + c * d[..., 1] ** 2) - b * d[..., 0] * d[..., 1]  # [P, K]
         alpha = torch.clamp_max(opacities[g] * torch.exp(power), ALPHA_MAX)  # [P, K]
@@ -252,6 +256,13 @@ def composite_tiles(
     return out, t_final
 
 
+def _accumulate_abs(absgrad: torch.Tensor, g: torch.Tensor):
+    def hook(grad: torch.Tensor) -> None:  # grad [P, K, 2] = -dL/dmeans2d per pixel
+        absgrad.index_add_(0, g, grad.abs().sum(0))
+
+    return hook
+
+
 # ---- the whole pipeline --------------------------------------------------------------------
 
 
@@ -267,8 +278,12 @@ def rasterize_reference(gaussians: Gaussians, camera: Camera, settings: RenderSe
 
     binning = bin_gaussians(proj.means2d, proj.radii, proj.depths, camera.width, camera.height)
     features = torch.cat([colors, proj.depths.unsqueeze(-1)], dim=-1)  # [N, 4]: rgb, depth
+    absgrad = None
+    if settings.absgrad and proj.means2d.requires_grad:
+        absgrad = torch.zeros_like(proj.means2d.detach())
+        proj.means2d.absgrad = absgrad  # filled during backward
     accum, t_final = composite_tiles(
-        proj.means2d, proj.conics, opacities, features, binning, camera.width, camera.height
+        proj.means2d, proj.conics, opacities, features, binning, camera.width, camera.height, absgrad
     )
     return finish_output(accum, t_final, proj, binning, settings)
 

@@ -1,0 +1,1 @@
+"""Training: config, trainer, optimizer set-up and densification strategies."""
