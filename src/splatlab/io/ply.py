@@ -143,7 +143,8 @@ def read_ply(path: str | os.PathLike, device: torch.device | str | None = None) 
         element = e.element
         if e.message == "early end-of-file" and element is not None:
             found = e.row if e.row is not None else "fewer"
-            detail = f"the header declares {element.count} {element.name} rows but the body holds only {found}"
+            what = "vertices" if element.name == "vertex" else f"'{element.name}' rows"
+            detail = f"expected {element.count} {what} (from the header), the body holds only {found}"
             body = _bytes_after_header(path)
             if body is not None and not ply_is_text(path):
                 try:

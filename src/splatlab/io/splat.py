@@ -17,8 +17,8 @@ colour is kept: view-dependent SH is lost, as is colour outside [0, 1] and rotat
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -39,7 +39,8 @@ class SplatFormatError(ValueError):
     """A file that is not a valid .splat (its size is not a multiple of 32 bytes)."""
 
 
-class SplatData(NamedTuple):
+@dataclass(frozen=True)
+class SplatData:
     """The raw content of a .splat file, in file order."""
 
     positions: np.ndarray  # [N, 3] float32
@@ -47,7 +48,7 @@ class SplatData(NamedTuple):
     colors: np.ndarray  # [N, 4] uint8, R G B A
     rotations: np.ndarray  # [N, 4] uint8, w x y z, q*128+128
 
-    def __len__(self) -> int:  # type: ignore[override]
+    def __len__(self) -> int:
         return self.positions.shape[0]
 
     def to_gaussians(self) -> Gaussians:
