@@ -1,0 +1,348 @@
+"""`Scene` and `View`, layout detection and `load_scene`: from a folder to a training-ready scene.
+
+Supported layouts (detected in this order):
+
+=============  ==============================================================================
+``blender``    ``transforms_train.json`` (+ ``transforms_val.json`` / ``transforms_test.json``),
+               NeRF-synthetic style; see :mod:`splatlab.data.blender`.
+``nerfstudio`` ``transforms.json`` (nerfstudio or instant-ngp); see :mod:`splatlab.data.nerfstudio`.
+``colmap``     ``sparse/0/`` or ``sparse/`` holding ``cameras``, ``images``, ``points3D``
+               (``.bin`` or ``.txt``), images in ``images/``; see :mod:`splatlab.data.colmap`.
+``photos``     a folder of image files without poses (or a folder with only ``images/``):
+               structure-from-motion with pycolmap first; see :mod:`splatlab.data.photos`.
+=============  ==============================================================================
+
+Caches. Nothing in a dataset folder is modified except the cache folder
+``<dataset>/splatlab_cache/`` (or ``cache_dir`` when given), which holds
+
+- ``undistorted/<images folder>/``: pinhole versions of images (and masks) taken with lens
+  distortion (COLMAP non-pinhole cameras, nerfstudio k1/k2/p1/p2/k3), keyed on the inputs;
+- ``sfm/``: the structure-from-motion result for a folder of photos (``database.db``,
+  ``sparse/0/`` as a COLMAP binary model, ``inputs.json`` describing what it was computed from).
+
+Delete the folder at any time; it is rebuilt on the next load.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..camera import Camera
+from .images import DatasetError, is_image_file, list_image_files, log
+
+CACHE_DIRNAME = "splatlab_cache"
+KINDS = ("colmap", "blender", "nerfstudio", "photos")
+
+
+@dataclass
+class View:
+    """One posed image: a pinhole camera (OpenCV convention) and its pixels."""
+
+    camera: Camera  # pinhole (undistorted), OpenCV convention, width/height = image size
+    image: torch.Tensor  # [H, W, 3] uint8
+    name: str
+    mask: torch.Tensor | None = None  # [H, W] bool, True = valid pixel
+
+    def image_float(self, device=None) -> torch.Tensor:
+        """[H, W, 3] float32 in [0, 1] (moved to `device` first, then converted)."""
+        image = self.image if device is None else self.image.to(device, non_blocking=True)
+        return image.to(torch.float32) / 255.0
+
+    @property
+    def height(self) -> int:
+        return int(self.image.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.image.shape[1])
+
+
+@dataclass
+class Scene:
+    """Everything the trainer needs from a dataset."""
+
+    train: list[View]
+    test: list[View]
+    points: torch.Tensor | None  # [P, 3] float32 initial point cloud
+    point_colors: torch.Tensor | None  # [P, 3] float32 in [0, 1]
+    extent: float  # 1.1 * max distance of the training camera centres from their mean (3DGS)
+    background: tuple[float, float, float] | None  # colour RGBA images were composited over, else None
+    kind: str  # "colmap" | "blender" | "nerfstudio" | "photos"
+    path: Path
+    info: dict = field(default_factory=dict, repr=False)  # loader details (e.g. registered images)
+
+    def __repr__(self) -> str:
+        size = f"{self.train[0].width}x{self.train[0].height}" if self.train else "-"
+        npts = 0 if self.points is None else int(self.points.shape[0])
+        return (
+            f"Scene(kind={self.kind!r}, path={str(self.path)!r}, train={len(self.train)}, test={len(self.test)}, "
+            f"image={size}, points={npts}, extent={self.extent:.4g}, background={self.background})"
+        )
+
+
+@dataclass
+class LoadOptions:
+    """`load_scene`'s options, passed on to the layout loaders."""
+
+    downscale: int = 1
+    test_every: int = 8
+    background: tuple[float, float, float] | None = (1.0, 1.0, 1.0)
+    eval_split: str = "test"
+    cache_root: Path | None = None  # None: caching disabled
+    device: torch.device | None = None
+    num_random_points: int = 100_000
+    seed: int = 0
+    verbose: bool = True
+    sfm: object | None = None  # photos.SfMOptions
+
+
+# ---- shared helpers used by the loaders ----------------------------------------------------
+
+
+def split_by_name(names: Sequence[str], test_every: int) -> tuple[list[int], list[int]]:
+    """(train, test) indices: sorted by name, every `test_every`-th (idx % test_every == 0) is test.
+
+    This is the 3DGS "llffhold" rule (test_every=8). ``test_every=0`` puts everything in train.
+    """
+    order = sorted(range(len(names)), key=lambda i: names[i])
+    if test_every <= 0:
+        return order, []
+    train = [i for k, i in enumerate(order) if k % test_every != 0]
+    test = [i for k, i in enumerate(order) if k % test_every == 0]
+    return train, test
+
+
+def camera_extent(cameras: Sequence[Camera]) -> float:
+    """3DGS's scene radius: 1.1 * the largest distance of a camera centre from the centres' mean.
+
+    Falls back to 1.0 for a single camera (or cameras all at one place), where that is zero.
+    """
+    if not cameras:
+        return 1.0
+    centres = torch.stack([c.position.double().cpu() for c in cameras])  # [N, 3]
+    radius = (centres - centres.mean(0)).norm(dim=1).max().item()
+    return 1.1 * radius if radius > 1e-9 else 1.0
+
+
+def random_points(
+    num: int, low: Sequence[float], high: Sequence[float], seed: int
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """`num` points uniform in the box [low, high] with uniform random colours (seeded)."""
+    if num <= 0:
+        return None, None
+    gen = torch.Generator().manual_seed(int(seed))
+    low_t = torch.as_tensor(low, dtype=torch.float32)
+    high_t = torch.as_tensor(high, dtype=torch.float32)
+    points = low_t + torch.rand(num, 3, generator=gen) * (high_t - low_t)  # [P, 3]
+    colors = torch.rand(num, 3, generator=gen)  # [P, 3]
+    return points, colors
+
+
+def make_view(camera: Camera, image: np.ndarray, name: str, mask: np.ndarray | None, device) -> View:
+    """numpy uint8 [H, W, 3] (+ bool [H, W]) -> View, checking the camera agrees with the pixels."""
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise AssertionError(f"{name}: internal error, expected uint8 [H, W, 3], got {image.dtype} {image.shape}")
+    if (camera.width, camera.height) != (image.shape[1], image.shape[0]):
+        raise AssertionError(f"{name}: internal error, camera {camera.width}x{camera.height} vs image {image.shape}")
+    if not image.flags.writeable or not image.flags.c_contiguous:
+        image = np.array(image, order="C")  # torch wants writable memory
+    img_t = torch.from_numpy(image)
+    mask_t = None if mask is None else torch.from_numpy(np.ascontiguousarray(mask, dtype=np.bool_))
+    if device is not None:
+        img_t = img_t.to(device)
+        mask_t = None if mask_t is None else mask_t.to(device)
+    camera.name = name
+    return View(camera=camera, image=img_t, name=name, mask=mask_t)
+
+
+def build_scene(
+    views: list[View],
+    test_views: list[View],
+    points,
+    colors,
+    *,
+    background,
+    kind: str,
+    path: Path,
+    opts: LoadOptions,
+    info: dict | None = None,
+) -> Scene:
+    if not views:
+        raise DatasetError(
+            f"{path}: no training views are left (test_every={opts.test_every} put all "
+            f"{len(test_views)} views in the test split); use a larger test_every or 0"
+        )
+    if points is not None:
+        points = torch.as_tensor(points, dtype=torch.float32).reshape(-1, 3)
+        colors = torch.as_tensor(colors, dtype=torch.float32).reshape(-1, 3).clamp(0.0, 1.0)
+    extent = camera_extent([v.camera for v in views])
+    bg = None if background is None else tuple(float(c) for c in background)
+    scene = Scene(views, test_views, points, colors, float(extent), bg, kind, path, info or {})
+    log(opts.verbose, f"loaded {scene}")
+    return scene
+
+
+# ---- layout detection -----------------------------------------------------------------------
+
+_MODEL_FILES = ("cameras", "images", "points3D")
+
+
+def colmap_model_files(folder: Path) -> dict[str, Path] | None:
+    """{'cameras': ..., 'images': ..., 'points3D': ...} when `folder` has a full model (.bin or .txt)."""
+    for ext in (".bin", ".txt"):
+        files = {name: folder / f"{name}{ext}" for name in _MODEL_FILES}
+        if all(f.is_file() for f in files.values()):
+            return files
+    return None
+
+
+def find_colmap_model(root: Path) -> Path | None:
+    """The COLMAP model folder of a dataset: ``sparse/0`` or ``sparse`` (or None when there is no ``sparse``).
+
+    Raises DatasetError when ``sparse/`` exists but holds no complete model.
+    """
+    sparse = root / "sparse"
+    if not sparse.is_dir():
+        return None
+    candidates = [sparse / "0", sparse]
+    candidates += sorted((p for p in sparse.iterdir() if p.is_dir() and p.name != "0"), key=lambda p: p.name)
+    for folder in candidates:
+        if folder.is_dir() and colmap_model_files(folder) is not None:
+            return folder
+    found = sorted(p.name for p in (sparse / "0" if (sparse / "0").is_dir() else sparse).iterdir())
+    raise DatasetError(
+        f"{root}: looks like a COLMAP dataset (has sparse/) but no complete model was found: looked for "
+        f"cameras, images and points3D (.bin or .txt) in {sparse / '0'} and {sparse}; found {found or 'nothing'}"
+    )
+
+
+def detect_layout(path: Path) -> tuple[str, Path]:
+    """(kind, root) of a dataset path; raises DatasetError naming the path and what was looked for."""
+    if not path.exists():
+        raise DatasetError(f"{path}: no such file or folder")
+    if path.is_file():
+        if path.name in ("transforms_train.json",):
+            return "blender", path.parent
+        if path.suffix == ".json":
+            return "nerfstudio", path
+        raise DatasetError(
+            f"{path}: is a file; expected a dataset folder (COLMAP, Blender, nerfstudio or a folder of photos) "
+            "or a transforms.json file"
+        )
+    if (path / "transforms_train.json").is_file():
+        return "blender", path
+    if (path / "transforms.json").is_file():
+        return "nerfstudio", path / "transforms.json"
+    if find_colmap_model(path) is not None:
+        return "colmap", path
+    if any(is_image_file(p) for p in path.iterdir()):
+        return "photos", path
+    if (path / "images").is_dir() and list_image_files(path / "images"):
+        return "photos", path / "images"
+    entries = sorted(p.name for p in path.iterdir() if p.name != CACHE_DIRNAME)
+    if not entries:
+        raise DatasetError(f"{path}: the folder is empty; expected a dataset or image files")
+    shown = ", ".join(entries[:10]) + (f", ... ({len(entries)} entries)" if len(entries) > 10 else "")
+    raise DatasetError(
+        f"{path}: not a dataset. Looked for transforms_train.json (Blender), transforms.json "
+        "(nerfstudio / instant-ngp), sparse/0/ or sparse/ with cameras, images, points3D .bin/.txt (COLMAP), "
+        f"and image files (.jpg, .png, ...) for structure-from-motion; found: {shown}"
+    )
+
+
+# ---- the entry point ------------------------------------------------------------------------
+
+
+def load_scene(
+    path,
+    *,
+    downscale: int = 1,
+    test_every: int = 8,
+    background=(1.0, 1.0, 1.0),
+    eval_split: str = "test",
+    cache_dir=None,
+    device=None,
+    num_random_points: int = 100_000,
+    seed: int = 0,
+    verbose: bool = True,
+    sfm=None,
+) -> Scene:
+    """Load a dataset folder into a training-ready `Scene`.
+
+    Args:
+        path: dataset folder (COLMAP, Blender, nerfstudio/instant-ngp, or a folder of photos), or a
+            ``transforms.json`` file.
+        downscale: integer image downscale factor (1, 2, 4, 8, ...). Uses ``images_N/`` folders
+            when present, else area-resizes; cameras are scaled exactly to the resulting size.
+        test_every: every `test_every`-th image (sorted by name, index % test_every == 0) is a test
+            view, as 3DGS does with 8; 0 = no test views. Not used for Blender, which has explicit
+            split files, or for nerfstudio files listing ``{split}_filenames``.
+        background: RGB in [0, 1] that RGBA images are composited over (white, as 3DGS does for
+            NeRF-synthetic); None keeps the stored RGB and ignores alpha.
+        eval_split: Blender: which ``transforms_{eval_split}.json`` gives the test views ("test",
+            falling back to "val" when absent; "val"; or "none"). nerfstudio: which
+            ``{eval_split}_filenames`` list to use when the file has one.
+        cache_dir: where undistorted images and SfM results go; default ``<dataset>/splatlab_cache``.
+            ``False`` disables the undistortion cache.
+        device: torch device to hold images and masks on (e.g. "cuda"); default CPU.
+        num_random_points: size of the random initial point cloud for layouts without points
+            (Blender, nerfstudio); 0 leaves ``points`` None.
+        seed: seed for the random points.
+        verbose: print progress and a summary.
+        sfm: ``splatlab.data.photos.SfMOptions`` for folders of photos (default options if None).
+    """
+    path = Path(path).expanduser()
+    if isinstance(downscale, bool) or int(downscale) != downscale or downscale < 1:
+        raise ValueError(f"downscale must be a positive integer (1, 2, 4, 8, ...), got {downscale!r}")
+    if isinstance(test_every, bool) or int(test_every) != test_every or test_every < 0:
+        raise ValueError(f"test_every must be an integer >= 0, got {test_every!r}")
+    if background is not None:
+        background = tuple(float(c) for c in background)
+        if len(background) != 3 or not all(0.0 <= c <= 1.0 and math.isfinite(c) for c in background):
+            raise ValueError(f"background must be three numbers in [0, 1] (RGB) or None, got {background!r}")
+    kind, root = detect_layout(path)
+    dataset_dir = root.parent if kind == "nerfstudio" else root
+    if kind == "photos" and root.name == "images" and root != path:
+        dataset_dir = path
+    if cache_dir is False:
+        cache_root = None
+    elif cache_dir is None:
+        cache_root = dataset_dir / CACHE_DIRNAME
+    else:
+        cache_root = Path(cache_dir).expanduser()
+    opts = LoadOptions(
+        downscale=int(downscale),
+        test_every=int(test_every),
+        background=background,
+        eval_split=str(eval_split),
+        cache_root=cache_root,
+        device=None if device is None else torch.device(device),
+        num_random_points=int(num_random_points),
+        seed=int(seed),
+        verbose=bool(verbose),
+        sfm=sfm,
+    )
+    log(opts.verbose, f"{path}: detected a {kind} dataset")
+    if kind == "blender":
+        from .blender import load_blender
+
+        return load_blender(root, opts)
+    if kind == "nerfstudio":
+        from .nerfstudio import load_nerfstudio
+
+        return load_nerfstudio(root, opts)
+    if kind == "colmap":
+        from .colmap import load_colmap
+
+        return load_colmap(root, opts)
+    from .photos import load_photos
+
+    if cache_root is None:  # SfM needs somewhere to put its result
+        opts.cache_root = dataset_dir / CACHE_DIRNAME
+    return load_photos(root, opts, dataset_dir=dataset_dir, undistort_cache=cache_root is not None)
