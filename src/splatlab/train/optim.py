@@ -1,0 +1,41 @@
+"""Parameters and optimizers for training: one Adam per parameter, as gsplat and 3DGS do.
+
+Keeping one optimizer per parameter lets densification resize a parameter and its Adam
+moments together (see train/ops.py) and lets each have its own learning rate and schedule.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..gaussians import Gaussians
+from .config import OptimConfig
+
+
+def as_parameters(gaussians: Gaussians) -> Gaussians:
+    """A Gaussians whose fields are leaf nn.Parameters (float32 copies)."""
+    return gaussians.map(lambda t: torch.nn.Parameter(t.detach().float().clone().contiguous()))
+
+
+def make_optimizers(params: Gaussians, cfg: OptimConfig, scene_extent: float) -> dict[str, torch.optim.Adam]:
+    lrs = {
+        "means": cfg.means_lr * scene_extent,
+        "quats": cfg.quats_lr,
+        "log_scales": cfg.scales_lr,
+        "logit_opacities": cfg.opacity_lr,
+        "sh0": cfg.sh0_lr,
+        "shN": cfg.shN_lr,
+    }
+    return {
+        name: torch.optim.Adam([{"params": [p], "lr": lrs[name], "name": name}], eps=cfg.eps)
+        for name, p in params.params().items()
+    }
+
+
+def means_lr_at(step: int, total: int, cfg: OptimConfig, scene_extent: float) -> float:
+    """Exponential decay from means_lr to means_lr_final over `total` steps (log-linear)."""
+    t = min(max(step / max(total, 1), 0.0), 1.0)
+    lr = math.exp((1 - t) * math.log(cfg.means_lr) + t * math.log(cfg.means_lr_final))
+    return lr * scene_extent

@@ -1,0 +1,143 @@
+"""Training end to end on a tiny synthetic scene: loss falls, PSNR rises, resume is exact."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from splatlab import Camera, Gaussians, RenderSettings, rasterize
+from splatlab.data.scene import Scene, View
+from splatlab.train.config import TrainConfig
+from splatlab.train.strategy import DefaultStrategyConfig
+from splatlab.train.trainer import EndEvent, StepEvent, Trainer, TrainingError, train
+
+from helpers import random_scene
+
+
+def synthetic_scene(num_views: int = 12, size: int = 32, seed: int = 0) -> Scene:
+    """Views of a random Gaussian scene on a ring of cameras around the origin."""
+    truth = random_scene(150, sh_degree=1, seed=seed, dtype=torch.float32, spread=0.8, depth=0.0,
+                         log_scale_range=(-2.8, -2.0), opacity_range=(0.5, 0.95))
+    views = []
+    for i in range(num_views):
+        a = 2 * math.pi * i / num_views
+        cam = Camera.look_at((3 * math.cos(a), 3 * math.sin(a), 1.0), (0, 0, 0), width=size, height=size,
+                             fov_x=math.radians(50), name=f"view{i:02d}")
+        with torch.no_grad():
+            img = rasterize(truth, cam, RenderSettings(background=(1, 1, 1))).image
+        views.append(View(cam, (img.clamp(0, 1) * 255).round().to(torch.uint8), cam.name))
+    test = views[::4]
+    train_views = [v for i, v in enumerate(views) if i % 4]
+    cams = torch.stack([v.camera.position for v in train_views])
+    extent = 1.1 * (cams - cams.mean(0)).norm(dim=1).max().item()
+    gen = torch.Generator().manual_seed(1)
+    points = torch.rand(300, 3, generator=gen) * 2 - 1
+    return Scene(train_views, test, points, torch.rand(300, 3, generator=gen), extent, (1.0, 1.0, 1.0),
+                 "synthetic", Path("synthetic"))
+
+
+def tiny_config(tmp_path: Path, **kw) -> TrainConfig:
+    strategy = DefaultStrategyConfig(refine_start=20, refine_stop=150, refine_every=20, reset_every=100,
+                                    max_gaussians=2000)
+    base = TrainConfig(output=tmp_path / "run", iterations=200, sh_degree=1, sh_degree_interval=50,
+                       save_at=(100,), eval_at=(), checkpoint_every=50, progress=False,
+                       default_strategy=strategy, seed=3)
+    return replace(base, **kw)
+
+
+def test_training_reduces_loss_and_raises_test_psnr(tmp_path):
+    scene = synthetic_scene()
+    cfg = tiny_config(tmp_path, iterations=300)
+    trainer = Trainer(cfg, scene)
+    events = []
+    trainer.subscribe(events.append)
+    result = trainer.train()
+    steps = [e for e in events if isinstance(e, StepEvent) and e.its_per_sec > 0]
+    first = np.mean([e.loss for e in steps[:3]])
+    last = np.mean([e.loss for e in steps[-3:]])
+    assert last < 0.5 * first, (first, last)
+    assert result.metrics["psnr"] > 24.0, result.metrics["psnr"]
+    assert isinstance(events[-1], EndEvent) and result.reason == "completed" and result.step == 300
+    # Files a user gets.
+    out = tmp_path / "run"
+    assert (out / "point_cloud" / "iteration_100" / "point_cloud.ply").exists()
+    assert (out / "point_cloud" / "iteration_300" / "point_cloud.ply").exists()
+    assert (out / "checkpoints" / "latest.pt").exists()
+    assert (out / "curve.png").stat().st_size > 1000
+    metrics = json.loads((out / "metrics.json").read_text())[-1]
+    assert metrics["step"] == 300 and len(metrics["per_image"]) == 3
+    assert metrics["lpips"] is None or isinstance(metrics["lpips"], float)
+    assert len(list((out / "renders" / "test").glob("*.png"))) == 3
+    assert TrainConfig.from_dict(json.loads((out / "config.json").read_text())) == cfg
+
+
+def test_resume_matches_an_uninterrupted_run(tmp_path):
+    scene = synthetic_scene(num_views=8, size=24)
+    cfg = tiny_config(tmp_path / "a", iterations=120, checkpoint_every=40, save_renders=False)
+    straight = train(cfg, scene)
+
+    cfg_b = replace(cfg, output=tmp_path / "b")
+    killer = Trainer(cfg_b, scene)
+
+    def kill(event):
+        if isinstance(event, StepEvent) and event.step == 70:
+            raise KeyboardInterrupt  # the run is killed after the step-40 checkpoint
+
+    killer.subscribe(kill)
+    with pytest.raises(KeyboardInterrupt):
+        killer.train()
+    assert torch.load(tmp_path / "b" / "checkpoints" / "latest.pt", weights_only=False)["step"] == 40
+    resumed = Trainer(cfg_b, scene).train(resume=True)
+    assert resumed.step == straight.step == 120
+    for name, value in straight.gaussians.params().items():
+        assert torch.equal(value, resumed.gaussians.params()[name]), name
+
+
+def test_existing_output_is_not_overwritten_without_force(tmp_path):
+    scene = synthetic_scene(num_views=4, size=16)
+    cfg = tiny_config(tmp_path, iterations=5, save_at=(), checkpoint_every=100, save_renders=False)
+    train(cfg, scene)
+    with pytest.raises(TrainingError, match="already exists"):
+        train(cfg, scene)
+    assert train(cfg, scene, force=True).step == 5
+    with pytest.raises(TrainingError, match="no checkpoint"):
+        train(replace(cfg, output=tmp_path / "new"), scene, resume=True)
+
+
+def test_nan_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_path):
+    scene = synthetic_scene(num_views=4, size=16)
+    cfg = tiny_config(tmp_path, iterations=50, checkpoint_every=10, save_renders=False)
+    trainer = Trainer(cfg, scene)
+
+    def poison(event):
+        if isinstance(event, StepEvent) and event.step == 20:
+            with torch.no_grad():
+                trainer.params.logit_opacities[0] = float("nan")
+
+    trainer.subscribe(poison)
+    with pytest.raises((TrainingError, ValueError), match="NaN|non-finite"):
+        trainer.train()
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "latest.pt", weights_only=False)
+    assert ckpt["step"] == 10  # the step-20 checkpoint was refused: NaN
+    assert all(torch.isfinite(v).all() for v in ckpt["params"].values())
+
+
+def test_wall_clock_budget_scales_the_schedule_and_ends_cleanly(tmp_path):
+    scene = synthetic_scene(num_views=8, size=24)
+    cfg = tiny_config(tmp_path, iterations=30_000, max_minutes=0.15, save_renders=False, save_at=())
+    trainer = Trainer(cfg, scene)
+    result = trainer.train()
+    assert result.step <= trainer.total < 30_000
+    scale = trainer.total / 30_000  # the schedule is scaled to the iterations that fit
+    assert trainer.schedule_scale == pytest.approx(scale)
+    assert trainer.strategy.config.refine_stop == max(1, round(150 * scale))
+    assert trainer.sh_interval == max(1, round(50 * scale))
+    assert trainer.elapsed <= 0.15 * 60 + 2.0
+    assert (tmp_path / "run" / "metrics.json").exists()
+    assert (tmp_path / "run" / "point_cloud" / f"iteration_{result.step}" / "point_cloud.ply").exists()
