@@ -18,6 +18,7 @@ Output folder:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -39,6 +40,7 @@ from .optim import as_parameters, make_optimizers, means_lr_at
 from .strategy import DefaultStrategy, MCMCStrategy, Strategy
 
 CHECKPOINT_VERSION = 1
+MIN_REFINE_EVERY = 20  # densification interval floor when a time budget compresses the schedule
 
 
 class TrainingError(RuntimeError):
@@ -143,11 +145,16 @@ class Trainer:
 
     def _make_strategy(self, schedule_scale: float) -> Strategy:
         cfg = self.config
-        if cfg.strategy == "default":
-            return DefaultStrategy(cfg.default_strategy.scaled(schedule_scale))
-        if cfg.strategy == "mcmc":
-            return MCMCStrategy(cfg.mcmc_strategy.scaled(schedule_scale))
-        raise TrainingError(f"unknown strategy {cfg.strategy!r}: expected 'default' or 'mcmc'")
+        if cfg.strategy not in ("default", "mcmc"):
+            raise TrainingError(f"unknown strategy {cfg.strategy!r}: expected 'default' or 'mcmc'")
+        base = cfg.default_strategy if cfg.strategy == "default" else cfg.mcmc_strategy
+        scaled = base.scaled(schedule_scale)
+        if schedule_scale < 1.0:
+            # A short budget compresses the schedule, but refining more often than every
+            # MIN_REFINE_EVERY steps would grow from gradient statistics of a handful of views.
+            every = max(scaled.refine_every, min(base.refine_every, MIN_REFINE_EVERY))
+            scaled = dataclasses.replace(scaled, refine_every=every, refine_start=max(scaled.refine_start, every))
+        return DefaultStrategy(scaled) if cfg.strategy == "default" else MCMCStrategy(scaled)
 
     def _settings(self, sh_degree: int, background) -> RenderSettings:
         cfg = self.config
@@ -253,24 +260,37 @@ class Trainer:
         self.strategy_state = self.strategy.initialize_state(self.scene.extent)
 
     def _estimate_iterations(self, budget_s: float) -> int:
-        """Iterations that fit in the budget, from a few timed steps on a scratch copy."""
+        """Iterations that fit in the budget, from timed steps on a scratch copy of the model."""
         probe = self.params.detach().clone().requires_grad_()
         settings = self._settings(self.config.sh_degree, self.background)
         times = []
-        for i in range(4):
+        for i in range(6):
             view = self.scene.train[i % len(self.scene.train)]
             target = view.image_float(self.device)
             t0 = time.perf_counter()
             out = rasterize(probe, view.camera.to(self.device), settings)
             photometric_loss(out.image, target, self.config.ssim_lambda).backward()
             times.append(time.perf_counter() - t0)
-        per_step = float(np.median(times[1:]))  # first call may compile or warm caches
-        # Densification makes later steps slower than the first; 1.6x is a measured average
-        # over a lego run with the default strategy (docs/benchmarks.md).
+        # The first call may load compiled kernels; the median resists a busy machine's spikes.
+        per_step = float(np.median(times[1:])) + self._optimizer_seconds()
+        # Densification makes later steps slower than the first: an allowance for the growth.
         growth = 1.6 if self.config.strategy == "default" else 1.3
         self._probe_seconds = per_step
         usable = max(budget_s - self._reserve_seconds(), 0.0)
         return int(min(self.config.iterations, max(10, usable / (per_step * growth))))
+
+    def _optimizer_seconds(self) -> float:
+        """Time of one Adam step over all parameters, measured on copies."""
+        copies = {k: v.detach().clone() for k, v in self.params.params().items()}
+        opts = [torch.optim.Adam([torch.nn.Parameter(v)], lr=1e-3) for v in copies.values()]
+        for opt in opts:
+            for group in opt.param_groups:
+                for p in group["params"]:
+                    p.grad = torch.zeros_like(p)
+        t0 = time.perf_counter()
+        for opt in opts:
+            opt.step()
+        return time.perf_counter() - t0
 
     def _reserve_seconds(self) -> float:
         """Time kept back from the budget for the final save and evaluation."""
