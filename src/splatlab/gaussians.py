@@ -92,7 +92,7 @@ class Gaussians:
                 raise ValueError(
                     f"Gaussians.{name} is {value.dtype} on {value.device}, but means is {dtype} on {device}"
                 )
-            if check_finite and value.numel() and not torch.isfinite(value).all():
+            if check_finite and value.numel() and not _all_finite(value.detach()):
                 bad = (~torch.isfinite(value.detach())).reshape(value.shape[0], -1).any(-1)
                 idx = bad.nonzero()[:5].flatten().tolist()
                 raise ValueError(
@@ -215,6 +215,15 @@ class Gaussians:
         points = lo + (hi - lo) * torch.rand(n, 3, generator=generator)
         colors = torch.rand(n, 3, generator=generator)
         return cls.from_points(points, colors, sh_degree=sh_degree, init_opacity=init_opacity)
+
+
+def _all_finite(value: torch.Tensor) -> bool:
+    """True if no NaN/Inf. A sum is much cheaper than an elementwise test and is finite
+    whenever every element is (NaN and Inf propagate); only if it is not do we look closer
+    (a sum of huge finite values can overflow)."""
+    if torch.isfinite(value.sum()):
+        return True
+    return bool(torch.isfinite(value).all())
 
 
 def nearest_neighbour_rms(points: torch.Tensor, k: int = 3) -> torch.Tensor:

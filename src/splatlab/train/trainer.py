@@ -353,7 +353,7 @@ class Trainer:
 
     def _check_finite(self) -> None:
         for name, value in self.params.params().items():
-            if not torch.isfinite(value).all():
+            if not torch.isfinite(value.detach().sum()) and not torch.isfinite(value).all():
                 raise TrainingError(
                     f"parameter {name} has NaN/Inf at iteration {self.step}; stopping. The last good "
                     f"checkpoint is {self.output / 'checkpoints' / 'latest.pt'}"
