@@ -19,7 +19,7 @@ __all__ = ["rasterize", "RenderSettings", "RenderOutput", "TILE_SIZE", "availabl
 def available_backends() -> list[str]:
     backends = ["reference"]
     try:
-        from . import cpu  # noqa: F401
+        from .cpu import rasterize_cpu  # noqa: F401
     except ImportError:
         pass
     else:
