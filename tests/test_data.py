@@ -63,6 +63,7 @@ def test_lego_counts_shapes_background(lego: Scene):
     expected = np.rint(rgba[..., :3] * alpha + 255.0 * (1.0 - alpha))
     assert np.abs(view.image.numpy().astype(np.float64) - expected).max() <= 1.0
     assert (view.image.numpy()[rgba[..., 3] == 0] == 255).all()  # transparent -> white
+    assert torch.equal(view.alpha, torch.from_numpy(rgba[..., 3].astype(np.uint8)))  # kept for re-compositing
     # Random initial points, 3DGS style.
     assert lego.points.shape == (100_000, 3) and lego.points.dtype == torch.float32
     assert lego.points.abs().max() <= 1.3 and 0.0 <= lego.point_colors.min() and lego.point_colors.max() <= 1.0

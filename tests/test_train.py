@@ -141,3 +141,14 @@ def test_wall_clock_budget_scales_the_schedule_and_ends_cleanly(tmp_path):
     assert trainer.elapsed <= 0.15 * 60 + 2.0
     assert (tmp_path / "run" / "metrics.json").exists()
     assert (tmp_path / "run" / "point_cloud" / f"iteration_{result.step}" / "point_cloud.ply").exists()
+
+
+def test_random_background_recomposites_the_target_or_is_refused(tmp_path):
+    scene = synthetic_scene(num_views=4, size=16)
+    with pytest.raises(TrainingError, match="alpha"):
+        Trainer(tiny_config(tmp_path, random_background=True), scene)
+    for view in scene.train + scene.test:  # opaque everywhere but one transparent corner
+        view.alpha = torch.full(view.image.shape[:2], 255, dtype=torch.uint8)
+        view.alpha[:4, :4] = 0
+    result = train(tiny_config(tmp_path, iterations=20, random_background=True, save_renders=False), scene)
+    assert result.step == 20 and math.isfinite(result.metrics["psnr"])

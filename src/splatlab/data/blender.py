@@ -131,19 +131,22 @@ def _load_split(root: Path, json_path: Path, opts: LoadOptions, alpha_seen: list
             if not (0 < fov < math.pi):
                 raise DatasetError(f"{json_path}: camera_angle_x must be in (0, pi) radians, got {fov}")
             camera = Camera.from_blender(c2w, fov, width, height, name)
+        alpha = None
         if raw.shape[-1] == 4:
             alpha_seen.append(name)
+            alpha = raw[..., 3]  # kept so the trainer can re-composite over a random background
             data_ = composite(raw, opts.background) if opts.background is not None else raw[..., :3]
         else:
             data_ = raw
         if opts.downscale > 1:
             size = downscaled_size(width, height, opts.downscale)
             data_ = resize_area(data_, size)
+            alpha = None if alpha is None else resize_area(alpha, size)
             camera = rescale_camera(camera, *size)
-        return camera, to_uint8(data_), name
+        return camera, to_uint8(data_), name, alpha
 
     loaded = parallel_map(load_one, items, desc=f"loading {json_path.name}", verbose=opts.verbose)
-    return [make_view(cam, img, name, None, opts.device) for cam, img, name in loaded]
+    return [make_view(cam, img, name, None, opts.device, alpha) for cam, img, name, alpha in loaded]
 
 
 def load_blender(root: Path, opts: LoadOptions) -> Scene:

@@ -48,6 +48,7 @@ class View:
     image: torch.Tensor  # [H, W, 3] uint8
     name: str
     mask: torch.Tensor | None = None  # [H, W] bool, True = valid pixel
+    alpha: torch.Tensor | None = None  # [H, W] uint8 opacity of an RGBA source (image is composited)
 
     def image_float(self, device=None) -> torch.Tensor:
         """[H, W, 3] float32 in [0, 1] (moved to `device` first, then converted)."""
@@ -144,7 +145,9 @@ def random_points(
     return points, colors
 
 
-def make_view(camera: Camera, image: np.ndarray, name: str, mask: np.ndarray | None, device) -> View:
+def make_view(
+    camera: Camera, image: np.ndarray, name: str, mask: np.ndarray | None, device, alpha: np.ndarray | None = None
+) -> View:
     """numpy uint8 [H, W, 3] (+ bool [H, W]) -> View, checking the camera agrees with the pixels."""
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise AssertionError(f"{name}: internal error, expected uint8 [H, W, 3], got {image.dtype} {image.shape}")
@@ -157,8 +160,11 @@ def make_view(camera: Camera, image: np.ndarray, name: str, mask: np.ndarray | N
     if device is not None:
         img_t = img_t.to(device)
         mask_t = None if mask_t is None else mask_t.to(device)
+    alpha_t = None if alpha is None else torch.from_numpy(np.ascontiguousarray(alpha, dtype=np.uint8))
+    if device is not None and alpha_t is not None:
+        alpha_t = alpha_t.to(device)
     camera.name = name
-    return View(camera=camera, image=img_t, name=name, mask=mask_t)
+    return View(camera=camera, image=img_t, name=name, mask=mask_t, alpha=alpha_t)
 
 
 def build_scene(

@@ -119,6 +119,11 @@ class Trainer:
         self.device = torch.device(config.device)
         self.output = Path(config.output) if config.output else Path("outputs") / Path(str(scene.path)).name
         self.background = tuple(scene.background) if scene.background is not None else (0.0, 0.0, 0.0)
+        if config.random_background and (scene.background is None or any(v.alpha is None for v in scene.train)):
+            raise TrainingError(
+                "random_background needs training images with an alpha channel composited over a known "
+                "background (e.g. Blender RGBA); this scene has none"
+            )
         self.history: list[dict] = []
         self._lpips: Optional[LPIPS] = None
 
@@ -314,9 +319,9 @@ class Trainer:
         view = self.scene.train[self._next_view()]
         target = view.image_float(self.device)  # [H, W, 3]
         background = self.background
-        if cfg.random_background and getattr(view, "alpha", None) is not None:
+        if cfg.random_background:  # re-composite the target over a fresh random colour
             bg = torch.rand(3)
-            alpha = view.alpha.to(self.device).float().unsqueeze(-1) / 255.0
+            alpha = view.alpha.to(self.device).float().unsqueeze(-1) / 255.0  # [H, W, 1]
             target = target + (1 - alpha) * (bg.to(self.device) - torch.tensor(self.background, device=self.device))
             background = tuple(bg.tolist())
 
