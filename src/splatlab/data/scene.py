@@ -160,7 +160,7 @@ def make_view(
     if device is not None:
         img_t = img_t.to(device)
         mask_t = None if mask_t is None else mask_t.to(device)
-    alpha_t = None if alpha is None else torch.from_numpy(np.ascontiguousarray(alpha, dtype=np.uint8))
+    alpha_t = None if alpha is None else torch.from_numpy(np.array(alpha, dtype=np.uint8))  # a writable copy
     if device is not None and alpha_t is not None:
         alpha_t = alpha_t.to(device)
     camera.name = name
