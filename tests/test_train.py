@@ -130,15 +130,24 @@ def test_nan_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_path):
 
 def test_wall_clock_budget_scales_the_schedule_and_ends_cleanly(tmp_path):
     scene = synthetic_scene(num_views=8, size=24)
-    cfg = tiny_config(tmp_path, iterations=30_000, max_minutes=0.15, save_renders=False, save_at=())
+    budget = 0.3  # minutes
+    cfg = tiny_config(tmp_path, iterations=30_000, max_minutes=budget, save_renders=False, save_at=())
     trainer = Trainer(cfg, scene)
+    lrs = []
+    trainer.subscribe(lambda e: lrs.append(trainer.optimizers["means"].param_groups[0]["lr"])
+                      if isinstance(e, StepEvent) else None)
     result = trainer.train()
     assert result.step <= trainer.total < 30_000
-    scale = trainer.total / 30_000  # the schedule is scaled to the iterations that fit
-    assert trainer.schedule_scale == pytest.approx(scale)
-    assert trainer.strategy.config.refine_stop == max(1, round(150 * scale))
-    assert trainer.sh_interval == max(1, round(50 * scale))
-    assert trainer.elapsed <= 0.15 * 60 + 2.0
+    # The schedule is scaled to the iterations that fit (re-planned from the measured speed).
+    assert trainer.schedule_scale == pytest.approx(trainer.total / 30_000)
+    assert trainer.strategy.config.refine_stop == max(1, round(150 * trainer.schedule_scale))
+    # The learning rate only decays, re-plans included, and reaches the end of its schedule.
+    assert all(b <= a * (1 + 1e-9) for a, b in zip(lrs, lrs[1:]))
+    assert trainer.progress() > 0.9
+    # The run uses its budget (training time plus the reserve for saving and evaluating) ...
+    assert trainer.elapsed + trainer._reserve_seconds() >= 0.7 * budget * 60
+    # ... and stays inside it.
+    assert trainer.elapsed <= budget * 60 + 2.0
     assert (tmp_path / "run" / "metrics.json").exists()
     assert (tmp_path / "run" / "point_cloud" / f"iteration_{result.step}" / "point_cloud.ply").exists()
 

@@ -34,8 +34,8 @@ def make_optimizers(params: Gaussians, cfg: OptimConfig, scene_extent: float) ->
     }
 
 
-def means_lr_at(step: int, total: int, cfg: OptimConfig, scene_extent: float) -> float:
-    """Exponential decay from means_lr to means_lr_final over `total` steps (log-linear)."""
-    t = min(max(step / max(total, 1), 0.0), 1.0)
+def means_lr_at(progress: float, cfg: OptimConfig, scene_extent: float) -> float:
+    """Exponential decay from means_lr to means_lr_final as progress goes from 0 to 1."""
+    t = min(max(progress, 0.0), 1.0)
     lr = math.exp((1 - t) * math.log(cfg.means_lr) + t * math.log(cfg.means_lr_final))
     return lr * scene_extent

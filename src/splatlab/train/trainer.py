@@ -41,6 +41,8 @@ from .strategy import DefaultStrategy, MCMCStrategy, Strategy
 
 CHECKPOINT_VERSION = 1
 MIN_REFINE_EVERY = 20  # densification interval floor when a time budget compresses the schedule
+REPLAN_EVERY = 0.1  # with a time budget, re-plan the schedule every 10% of the run ...
+REPLAN_MIN_STEPS = 20  # ... and at least this many steps apart
 
 
 class TrainingError(RuntimeError):
@@ -234,6 +236,10 @@ class Trainer:
             if deadline is not None and self.elapsed + self._reserve_seconds() >= deadline:
                 reason = "time budget"
                 break
+            if deadline is not None and self.step >= self.next_replan:
+                self._replan(deadline)
+                if bar is not None:
+                    bar.total = self.total
             step_time = time.perf_counter()  # evaluation and saving are not training time
         if bar is not None:
             bar.close()
@@ -260,7 +266,9 @@ class Trainer:
             self.total = self._estimate_iterations(60.0 * cfg.max_minutes)
             scale = self.total / cfg.iterations
         self.schedule_scale = scale
-        self.sh_interval = max(1, round(cfg.sh_degree_interval * scale))
+        self.anchor = (0, 0.0)  # (step, schedule progress) where the current plan starts
+        self.next_replan = max(REPLAN_MIN_STEPS, int(REPLAN_EVERY * self.total))
+        self.mark = (0, 0.0)  # (step, elapsed) at the last re-plan: the recent speed
         self.strategy = self._make_strategy(scale)
         self.strategy_state = self.strategy.initialize_state(self.scene.extent)
 
@@ -278,8 +286,9 @@ class Trainer:
             times.append(time.perf_counter() - t0)
         # The first call may load compiled kernels; the median resists a busy machine's spikes.
         per_step = float(np.median(times[1:])) + self._optimizer_seconds()
-        # Densification makes later steps slower than the first: an allowance for the growth.
-        growth = 1.6 if self.config.strategy == "default" else 1.3
+        # Densification can make later steps slower (or, pruning a random start, faster): a
+        # cautious allowance, corrected by _replan as the run measures its own speed.
+        growth = 1.3
         self._probe_seconds = per_step
         usable = max(budget_s - self._reserve_seconds(), 0.0)
         return int(min(self.config.iterations, max(10, usable / (per_step * growth))))
@@ -297,6 +306,42 @@ class Trainer:
             opt.step()
         return time.perf_counter() - t0
 
+    def progress(self) -> float:
+        """Fraction of the schedule done at the current step, in [0, 1].
+
+        Without a budget: step / iterations. With one, the plan is piecewise linear: from the
+        anchor (step, progress) of the last re-plan to 1 at `total`, so re-planning changes the
+        pace of the schedule but never makes the learning rate or SH degree jump.
+        """
+        s0, p0 = self.anchor
+        return min(1.0, p0 + (self.step - s0) * (1.0 - p0) / max(self.total - s0, 1))
+
+    def _replan(self, deadline: float) -> None:
+        """Re-estimate the iterations that fit from the speed measured since the last re-plan.
+
+        The first estimate times the initial model; densification then grows it (slower steps)
+        or prunes it (a random start thins out: faster steps). Every REPLAN_EVERY of the run,
+        while the run is before 80% of its plan, the total is re-planned and the densification
+        schedule re-scaled to it; the strategy keeps its state.
+        """
+        step, elapsed = self.step, self.elapsed
+        rate = (elapsed - self.mark[1]) / max(step - self.mark[0], 1)  # seconds per step, recent
+        self.mark = (step, elapsed)
+        self.next_replan = step + max(REPLAN_MIN_STEPS, int(REPLAN_EVERY * self.total))
+        if step >= 0.8 * self.total:
+            return
+        densifying = step < self.strategy.config.refine_stop
+        remaining = deadline - self._reserve_seconds() - elapsed
+        total = step + int(remaining / (rate * (1.2 if densifying else 1.05)))
+        total = max(step + REPLAN_MIN_STEPS, min(total, self.config.iterations))
+        if abs(total - self.total) < 0.05 * self.total:
+            return
+        self.anchor = (step, self.progress())
+        self.total = total
+        # The densification schedule follows the new plan (iteration counts on the new scale).
+        self.schedule_scale = total / self.config.iterations
+        self.strategy = self._make_strategy(self.schedule_scale)
+
     def _reserve_seconds(self) -> float:
         """Time kept back from the budget for the final save and evaluation."""
         per_view = getattr(self, "_probe_seconds", 0.5) * 0.5
@@ -312,9 +357,11 @@ class Trainer:
         (= iterations completed once it ends), so refine/reset timings match 3DGS."""
         cfg, step = self.config, self.step
         it = step + 1
-        lr = means_lr_at(step, self.total, cfg.optim, self.scene.extent)
+        progress = self.progress()
+        lr = means_lr_at(progress, cfg.optim, self.scene.extent)
         self.optimizers["means"].param_groups[0]["lr"] = lr
-        sh_degree = min(step // self.sh_interval, cfg.sh_degree)
+        # The SH ramp runs on the nominal schedule: degree +1 every sh_degree_interval of `iterations`.
+        sh_degree = min(int(progress * cfg.iterations + 1e-9) // cfg.sh_degree_interval, cfg.sh_degree)
 
         view = self.scene.train[self._next_view()]
         target = view.image_float(self.device)  # [H, W, 3]
@@ -430,7 +477,9 @@ class Trainer:
             "step": self.step,
             "total": self.total,
             "schedule_scale": self.schedule_scale,
-            "sh_interval": self.sh_interval,
+            "anchor": self.anchor,
+            "next_replan": self.next_replan,
+            "mark": self.mark,
             "elapsed": self.elapsed,
             "params": {k: v.detach().cpu() for k, v in self.params.params().items()},
             "optimizers": {k: opt.state_dict() for k, opt in self.optimizers.items()},
@@ -455,7 +504,8 @@ class Trainer:
         saved = TrainConfig.from_dict(state["config"])
         self.config = saved  # resume with the run's own config, so the result matches
         self.step, self.total, self.elapsed = state["step"], state["total"], state["elapsed"]
-        self.schedule_scale, self.sh_interval = state["schedule_scale"], state["sh_interval"]
+        self.schedule_scale, self.anchor = state["schedule_scale"], tuple(state["anchor"])
+        self.next_replan, self.mark = state["next_replan"], tuple(state["mark"])
         self.params = as_parameters(Gaussians(**state["params"]).to(self.device))
         self.optimizers = make_optimizers(self.params, saved.optim, self.scene.extent)
         for name, opt in self.optimizers.items():
