@@ -350,8 +350,8 @@ class Demo:
     """Output folder."""
     minutes: float = 2.5
     """Training time budget in minutes (the run ends cleanly when it is spent)."""
-    iterations: int = 1000
-    """Training iterations (about two minutes on 2 CPU cores)."""
+    iterations: int = 3000
+    """Training iterations (about two minutes on 2 idle CPU cores)."""
     views: int = 40
     """Number of ray-cast views of the scene (every 8th is held out for testing)."""
     size: int = 128
