@@ -63,6 +63,8 @@ def test_train_writes_a_complete_run(trained):
     renders = sorted((trained / "renders" / "test").glob("*.png"))
     assert len(renders) == 3 and Image.open(renders[0]).size == (64, 32)  # render | ground truth
     assert Image.open(trained / "curve.png").size[0] > 100
+    events = [json.loads(line)["event"] for line in (trained / "log.jsonl").read_text().splitlines()]
+    assert "step" in events and events[-1] == "end"
 
 
 def test_train_refuses_to_overwrite_and_resumes(trained, blender_dataset):

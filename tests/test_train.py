@@ -77,6 +77,19 @@ def test_training_reduces_loss_and_raises_test_psnr(tmp_path):
     assert TrainConfig.from_dict(json.loads((out / "config.json").read_text())) == cfg
 
 
+def test_jsonl_logger_records_the_events(tmp_path):
+    from splatlab.train.logging import JsonlLogger
+
+    scene = synthetic_scene(num_views=4, size=16)
+    trainer = Trainer(tiny_config(tmp_path, iterations=40, save_at=(20,), save_renders=False), scene)
+    trainer.subscribe(JsonlLogger(tmp_path / "log.jsonl"))
+    trainer.train()
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    kinds = [r["event"] for r in rows]
+    assert kinds.count("step") >= 4 and "snapshot" in kinds and "eval" in kinds and kinds[-1] == "end"
+    assert all(math.isfinite(r["loss"]) for r in rows if r["event"] == "step")
+
+
 def test_resume_matches_an_uninterrupted_run(tmp_path):
     scene = synthetic_scene(num_views=8, size=24)
     cfg = tiny_config(tmp_path / "a", iterations=120, checkpoint_every=40, save_renders=False)

@@ -102,6 +102,10 @@ class Train(TrainConfig):
         if cfg.output is None:
             cfg = replace(cfg, output=Path("outputs") / cfg.data.path.resolve().name)
         trainer = Trainer(cfg)
+        from .train.logging import default_loggers
+
+        for logger in default_loggers(trainer.output):
+            trainer.subscribe(logger)
         if self.viewer:
             from .viewer import Viewer
 
