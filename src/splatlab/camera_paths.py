@@ -9,6 +9,7 @@ import torch
 
 from .camera import Camera
 from .gaussians import Gaussians
+from .render.reference import quat_to_rotmat
 
 
 def look_at_point(cameras: Sequence[Camera]) -> torch.Tensor:
@@ -99,15 +100,6 @@ def _rot_to_quat(r: torch.Tensor) -> torch.Tensor:
     return q / q.norm()
 
 
-def _quat_to_rot(q: torch.Tensor) -> torch.Tensor:
-    w, x, y, z = q.tolist()
-    return torch.tensor([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-    ], dtype=torch.float64)  # fmt: skip
-
-
 def interpolate_cameras(cameras: Sequence[Camera], frames_per_segment: int = 10) -> list[Camera]:
     """A path through the cameras in order: positions linear, rotations slerped."""
     if len(cameras) < 2:
@@ -119,7 +111,7 @@ def interpolate_cameras(cameras: Sequence[Camera], frames_per_segment: int = 10)
         for k in range(frames_per_segment):
             t = k / frames_per_segment
             c2w = torch.eye(4, dtype=torch.float64)
-            c2w[:3, :3] = _quat_to_rot(_slerp(qa, qb, t))
+            c2w[:3, :3] = quat_to_rotmat(_slerp(qa, qb, t)[None])[0]
             c2w[:3, 3] = (1 - t) * ca[:3, 3] + t * cb[:3, 3]
             out.append(Camera(a.fx, a.fy, a.cx, a.cy, torch.linalg.inv(c2w), a.width, a.height,
                               f"path_{len(out):04d}"))

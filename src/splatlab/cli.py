@@ -64,12 +64,6 @@ def _dataset_of_run(run: Optional[Path]) -> Optional[Path]:
     return Path(data["path"]) if data.get("path") else None
 
 
-def _save_png(path: Path, image: torch.Tensor) -> None:
-    from PIL import Image
-
-    Image.fromarray((image.detach().clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)).save(path)
-
-
 # ---- train -------------------------------------------------------------------------------------
 
 
@@ -151,6 +145,7 @@ class Render:
 
     def run(self) -> int:
         from .camera_paths import interpolate_cameras, orbit_around_gaussians, orbit_from_cameras
+        from .io import save_png, to_uint8
         from .render import RenderSettings, rasterize
 
         gaussians, ply, run = _load_model(self.model)
@@ -186,8 +181,9 @@ class Render:
                 image = rasterize(gaussians, cam, settings).image.clamp(0, 1)
             if truth is not None:
                 image = torch.cat([image, truth[i].image_float()], dim=1)
-            _save_png(out / f"{i:04d}.png", image)
-            frames.append((image.numpy() * 255).round().astype(np.uint8))
+            frame = to_uint8(image)
+            save_png(out / f"{i:04d}.png", frame)
+            frames.append(frame)
         if self.video and len(frames) > 1:
             _write_video(out / "video.mp4", frames, self.fps)
         print(f"wrote {len(frames)} frames to {out}")
@@ -230,8 +226,8 @@ class Eval:
 
     def run(self) -> int:
         from .data import load_scene
-        from .metrics import psnr, ssim_metric
-        from .render import RenderSettings, rasterize
+        from .metrics import LPIPS, evaluate_views
+        from .render import RenderSettings
 
         gaussians, ply, run = _load_model(self.model)
         data = self.data or _dataset_of_run(run)
@@ -242,18 +238,17 @@ class Eval:
             raise CLIError(f"{data} has no test views to evaluate on")
         bg = self.background or scene.background or (0.0, 0.0, 0.0)
         settings = RenderSettings(backend=self.backend, background=tuple(bg))
-        rows = []
-        for view in scene.test:
-            with torch.no_grad():
-                image = rasterize(gaussians, view.camera, settings).image.clamp(0, 1)
-            gt = view.image_float()
-            rows.append({"name": view.name, "psnr": psnr(image, gt), "ssim": ssim_metric(image, gt)})
+        lpips = LPIPS()
+        result = evaluate_views(gaussians, scene.test, settings, lpips)
+        rows = result.pop("per_image")
+        mean = result
+        has_lpips = "lpips" in mean
         width = max(len(r["name"]) for r in rows)
-        print(f"{'view':<{width}}  {'PSNR':>7}  {'SSIM':>6}")
-        for r in rows:
-            print(f"{r['name']:<{width}}  {r['psnr']:7.2f}  {r['ssim']:6.4f}")
-        mean = {"psnr": float(np.mean([r["psnr"] for r in rows])), "ssim": float(np.mean([r["ssim"] for r in rows]))}
-        print(f"{'mean':<{width}}  {mean['psnr']:7.2f}  {mean['ssim']:6.4f}")
+        print(f"{'view':<{width}}  {'PSNR':>7}  {'SSIM':>6}" + ("  LPIPS" if has_lpips else ""))
+        for r in [*rows, {"name": "mean", **mean}]:
+            print(f"{r['name']:<{width}}  {r['psnr']:7.2f}  {r['ssim']:6.4f}" + (f"  {r['lpips']:.4f}" if has_lpips else ""))
+        if not has_lpips:
+            print(f"LPIPS unavailable: {lpips.reason}")
         if self.output:
             from .io import atomic_write
 
@@ -372,6 +367,7 @@ class Demo:
             self.output = Path(f"{self.output}-{n}")
         from .camera_paths import orbit_from_cameras
         from .demo_scene import demo_train_config, make_demo_scene
+        from .io import to_uint8
         from .render import RenderSettings, rasterize
         from .train.trainer import Trainer
 
@@ -385,7 +381,7 @@ class Demo:
         for cam in orbit_from_cameras([v.camera for v in scene.train], 60 if self.views >= 16 else 8):
             with torch.no_grad():
                 image = rasterize(result.gaussians, cam, RenderSettings(background=(1, 1, 1))).image
-            frames.append((image.clamp(0, 1).numpy() * 255).round().astype(np.uint8))
+            frames.append(to_uint8(image))
         _write_video(self.output / "orbit.mp4", frames, fps=20)
         m = result.metrics
         print(f"trained {result.step} iterations in {m['elapsed_seconds'] / 60:.1f} min: "

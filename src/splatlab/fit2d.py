@@ -66,6 +66,7 @@ import torch.nn.functional as F
 
 from .camera import Camera
 from .gaussians import Gaussians, nearest_neighbour_rms
+from .io.images import save_png, to_uint8
 from .render import RenderSettings, rasterize
 from .sh import SH_C0, rgb_to_sh0
 
@@ -493,10 +494,6 @@ class _Animation:
 # ---- the fit -------------------------------------------------------------------------------------
 
 
-def _to_uint8(image: torch.Tensor) -> np.ndarray:
-    return (image.detach().clamp(0, 1).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
-
-
 def _psnr_from_mse(mse: float) -> float:
     return float("inf") if mse <= 0 else -10.0 * math.log10(mse)
 
@@ -553,7 +550,7 @@ def fit_image(image: Union[str, os.PathLike, torch.Tensor, np.ndarray], config: 
             first = render().image
         history.append({"iteration": 0, "loss": None, "psnr": psnr_fn(first.clamp(0, 1), target), "seconds": 0.0})
         if animation is not None:
-            animation.append(_to_uint8(first))
+            animation.append(to_uint8(first))
         t_start = time.perf_counter()
         decay = (cfg.means_lr_final / cfg.means_lr) if cfg.means_lr > 0 and cfg.means_lr_final > 0 else 1.0
         for step in range(1, cfg.iterations + 1):
@@ -584,7 +581,7 @@ def fit_image(image: Union[str, os.PathLike, torch.Tensor, np.ndarray], config: 
                 if step % 10 == 0:
                     bar.set_postfix(psnr=f"{history[-1]['psnr']:.2f}")
             if animation is not None and step % cfg.frames_every == 0:
-                animation.append(_to_uint8(img))
+                animation.append(to_uint8(img))
             if deadline is not None and elapsed >= deadline:
                 stopped = "time budget"
                 break
@@ -610,7 +607,7 @@ def fit_image(image: Union[str, os.PathLike, torch.Tensor, np.ndarray], config: 
     if out_dir is not None:
         if animation is not None:
             if step % cfg.frames_every != 0:
-                animation.append(_to_uint8(final))  # always end on the final state
+                animation.append(to_uint8(final))  # always end on the final state
             video = animation.close()
             result.notes.extend(animation.notes)
             if video is not None:
@@ -622,22 +619,12 @@ def fit_image(image: Union[str, os.PathLike, torch.Tensor, np.ndarray], config: 
 # ---- outputs -------------------------------------------------------------------------------------
 
 
-def _save_png(path: Path, pixels: np.ndarray) -> Path:
-    from PIL import Image
-
-    from .io import atomic_write
-
-    with atomic_write(path) as f:
-        Image.fromarray(pixels).save(f, format="PNG")
-    return path
-
-
 def comparison_image(target: torch.Tensor, fit: torch.Tensor, gap: int = 4) -> np.ndarray:
     """[H, 3W + 2 gap, 3] uint8: original | fit | |fit - original| x ERROR_GAIN, on white."""
     err = ((fit - target).abs() * ERROR_GAIN).clamp(0, 1)
     h = target.shape[0]
     sep = np.full((h, gap, 3), 255, np.uint8)
-    return np.concatenate([_to_uint8(target), sep, _to_uint8(fit), sep, _to_uint8(err)], axis=1)
+    return np.concatenate([to_uint8(target), sep, to_uint8(fit), sep, to_uint8(err)], axis=1)
 
 
 def _psnr_plot(path: Path, history: list[dict], title: str) -> Path:
@@ -666,8 +653,8 @@ def _write_outputs(result: Fit2DResult, cfg: Fit2DConfig, out_dir: Path) -> None
     from .io import atomic_write
 
     files = result.files
-    files["reconstruction"] = _save_png(out_dir / "reconstruction.png", _to_uint8(result.image))
-    files["comparison"] = _save_png(out_dir / "comparison.png", comparison_image(result.target, result.image))
+    files["reconstruction"] = save_png(out_dir / "reconstruction.png", to_uint8(result.image))
+    files["comparison"] = save_png(out_dir / "comparison.png", comparison_image(result.target, result.image))
     files["psnr_plot"] = _psnr_plot(
         out_dir / "psnr.png", result.history,
         f"{result.num_gaussians} Gaussians, {result.width}x{result.height}: {result.psnr:.2f} dB",

@@ -19,6 +19,35 @@ def ssim_metric(img1: torch.Tensor, img2: torch.Tensor) -> float:
     return float(ssim(img1.clamp(0, 1), img2.clamp(0, 1)).item())
 
 
+def evaluate_views(gaussians, views, settings, lpips: "LPIPS | None" = None, device=None, on_image=None) -> dict:
+    """Render every view and compare with its image: PSNR / SSIM (/ LPIPS when available).
+
+    Returns {"psnr", "ssim"[, "lpips"], "per_image": [{"name", "psnr", "ssim"[, "lpips"]}, ...]}
+    (means omitted when there are no views). `on_image(i, view, render)` sees each render
+    [H, W, 3] in [0, 1], e.g. to save it.
+    """
+    from .render import rasterize
+
+    per_image = []
+    for i, view in enumerate(views):
+        camera = view.camera if device is None else view.camera.to(device)
+        with torch.no_grad():
+            image = rasterize(gaussians, camera, settings).image.clamp(0, 1)
+        gt = view.image_float(device)
+        row = {"name": view.name, "psnr": psnr(image, gt), "ssim": ssim_metric(image, gt)}
+        if lpips is not None and lpips.available:
+            row["lpips"] = lpips(image.cpu(), gt.cpu())
+        per_image.append(row)
+        if on_image is not None:
+            on_image(i, view, image)
+    result: dict = {}
+    for key in ("psnr", "ssim", "lpips"):
+        if per_image and key in per_image[0]:
+            result[key] = sum(r[key] for r in per_image) / len(per_image)
+    result["per_image"] = per_image
+    return result
+
+
 class LPIPS:
     """LPIPS (VGG) if the `lpips` package and its weights are installed locally.
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..gaussians import Gaussians
 from .atomic import atomic_write, atomic_write_path
+from .images import save_png, to_uint8
 from .gltf import GltfFormatError, read_gltf, write_gltf
 from .ply import PlyFormatError, read_ply, write_ply
 from .splat import SplatData, SplatFormatError, read_splat, write_splat
@@ -35,6 +36,8 @@ __all__ = [
     "read_gltf",
     "read_ply",
     "read_splat",
+    "save_png",
+    "to_uint8",
     "write_gltf",
     "write_ply",
     "write_splat",

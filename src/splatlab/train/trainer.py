@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -31,9 +30,9 @@ import numpy as np
 import torch
 
 from ..gaussians import Gaussians
-from ..io import atomic_write, write_ply
+from ..io import atomic_write, save_png, write_ply
 from ..losses import photometric_loss
-from ..metrics import LPIPS, psnr, ssim_metric
+from ..metrics import LPIPS, evaluate_views, psnr
 from ..render import RenderSettings, rasterize
 from .config import TrainConfig
 from .optim import as_parameters, make_optimizers, means_lr_at
@@ -365,12 +364,14 @@ class Trainer:
 
         view = self.scene.train[self._next_view()]
         target = view.image_float(self.device)  # [H, W, 3]
+        gt = target  # what the step's PSNR is measured against (before masking)
         background = self.background
         if cfg.random_background:  # re-composite the target over a fresh random colour
             bg = torch.rand(3)
             alpha = view.alpha.to(self.device).float().unsqueeze(-1) / 255.0  # [H, W, 1]
             target = target + (1 - alpha) * (bg.to(self.device) - torch.tensor(self.background, device=self.device))
             background = tuple(bg.tolist())
+            gt = target
 
         out = rasterize(self.params, view.camera.to(self.device), self._settings(sh_degree, background))
         self.strategy.step_pre_backward(self.params, self.optimizers, self.strategy_state, it, out)
@@ -398,7 +399,7 @@ class Trainer:
             opt.zero_grad(set_to_none=True)
         self._last_loss = loss.item()
         with torch.no_grad():
-            self._last_psnr = psnr(out.image.detach().clamp(0, 1), view.image_float(self.device))
+            self._last_psnr = psnr(out.image.detach().clamp(0, 1), gt)
         if self.step % 100 == 0:
             self._check_finite()
         return list(messages or [])
@@ -428,29 +429,22 @@ class Trainer:
         settings.absgrad = False
         if self._lpips is None:
             self._lpips = LPIPS()
-        per_image = []
         render_dir = self.output / "renders" / "test"
         if save_renders and views:
             render_dir.mkdir(parents=True, exist_ok=True)
-        for i, view in enumerate(views):
-            image = rasterize(self.params.detach(), view.camera.to(self.device), settings).image.clamp(0, 1)
-            gt = view.image_float(self.device)
-            row = {"name": view.name, "psnr": psnr(image, gt), "ssim": ssim_metric(image, gt)}
-            if self._lpips.available:
-                row["lpips"] = self._lpips(image.cpu(), gt.cpu())
-            per_image.append(row)
-            if save_renders:
-                _save_png(render_dir / f"{i:04d}_{_safe(view.name)}.png", torch.cat([image, gt], dim=1))
+
+        def save(i, view, image):  # render | ground truth
+            save_png(render_dir / f"{i:04d}_{_safe(view.name)}.png",
+                     torch.cat([image, view.image_float(self.device)], dim=1))
+
+        result = evaluate_views(self.params.detach(), views, settings, self._lpips, self.device,
+                                save if save_renders else None)
         metrics = {"step": self.step, "num_gaussians": len(self.params), "num_test_views": len(views),
-                   "elapsed_seconds": self.elapsed}
-        if per_image:
-            for key in ("psnr", "ssim", "lpips"):
-                if key in per_image[0]:
-                    metrics[key] = float(np.mean([r[key] for r in per_image]))
+                   "elapsed_seconds": self.elapsed, **result}
         if not self._lpips.available:
             metrics["lpips"] = None
             metrics["lpips_unavailable"] = self._lpips.reason
-        metrics["per_image"] = per_image
+        metrics["per_image"] = metrics.pop("per_image")  # keep the long list last in the file
         path = self.output / "metrics.json"
         runs = json.loads(path.read_text()) if path.exists() else []
         runs = [r for r in runs if r.get("step") != self.step] + [metrics]
@@ -548,14 +542,6 @@ class Trainer:
 
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(name).stem)[:80]
-
-
-def _save_png(path: Path, image: torch.Tensor) -> None:
-    from PIL import Image
-
-    array = (image.detach().cpu().clamp(0, 1).numpy() * 255).round().astype(np.uint8)
-    with atomic_write(path) as f:
-        Image.fromarray(array).save(f, format="PNG")
 
 
 def train(config: TrainConfig, scene=None, resume: bool = False, force: bool = False) -> TrainResult:

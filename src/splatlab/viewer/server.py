@@ -52,6 +52,7 @@ import numpy as np
 import torch
 
 from ..gaussians import Gaussians
+from ..render.reference import quat_scale_to_covar
 from ..sh import SH_C0
 
 DEFAULT_MAX_GAUSSIANS = 1_000_000
@@ -81,23 +82,6 @@ class SplatArrays:
 
     def __len__(self) -> int:
         return self.centers.shape[0]
-
-
-def _quat_to_rotmat(quats: torch.Tensor) -> torch.Tensor:
-    """[N, 4] (w, x, y, z), any norm -> [N, 3, 3] rotation matrices."""
-    # Component rows made contiguous first: elementwise ops on stride-4 views are several x slower.
-    w, x, y, z = torch.nn.functional.normalize(quats, dim=-1).T.contiguous()  # 4 x [N]
-    xx, yy, zz = x * x, y * y, z * z
-    xy, xz, yz = x * y, x * z, y * z
-    wx, wy, wz = w * x, w * y, w * z
-    return torch.stack(
-        [
-            1 - 2 * (yy + zz), 2 * (xy - wz), 2 * (xz + wy),
-            2 * (xy + wz), 1 - 2 * (xx + zz), 2 * (yz - wx),
-            2 * (xz - wy), 2 * (yz + wx), 1 - 2 * (xx + yy),
-        ],  # fmt: skip
-        dim=-1,
-    ).reshape(-1, 3, 3)
 
 
 def splat_arrays(
@@ -135,8 +119,7 @@ def splat_arrays(
         sigmas = torch.exp(log_scales)  # [M, 3]
         sigma_median = float(sigmas.median(dim=-1).values.median()) if len(sigmas) else 1.0
         sigmas = (sigmas * k).clamp(max=FLOAT16_SAFE_SIGMA)  # [M, 3], in the scaled frame
-        m = _quat_to_rotmat(quats) * sigmas.unsqueeze(-2)  # [M, 3, 3] = R diag(s)
-        covariances = m @ m.transpose(-1, -2)  # [M, 3, 3] = R S S^T R^T
+        covariances = quat_scale_to_covar(quats, sigmas)  # [M, 3, 3] = R S S^T R^T
         rgbs = (0.5 + SH_C0 * sh0).clamp(0.0, 1.0)  # [M, 3]
         opacities = torch.sigmoid(logit_op).unsqueeze(-1)  # [M, 1]
         return SplatArrays(
