@@ -94,7 +94,9 @@ def test_matches_reference(n, width, height, sh_degree, antialiased, dtype):
         assert torch.allclose(a, b, rtol=0, atol=atol), f"{name}: max diff {(a - b).abs().max().item():.3g}"
     assert torch.equal(out.radii, ref.radii)
     assert torch.equal(out.visible, ref.visible)
-    assert out.num_intersections == ref.num_intersections
+    # The cpu backend bins only tiles where the Gaussian's alpha can reach 1/255: fewer pairs,
+    # the same images and gradients.
+    assert 0 < out.num_intersections <= ref.num_intersections
     assert ref.visible.any()
 
     for name in PARAM_NAMES:

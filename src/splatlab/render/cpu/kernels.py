@@ -157,6 +157,35 @@ def _floor_div_tile(v):
     return math.floor(v / TILE)
 
 
+@njit(inline="always", **_JIT)
+def _alpha_box(mx, my, a, b, c, o, width, height):
+    """Inclusive pixel box (x0, y0, x1, y1) outside of which o * exp(-q/2) < 1/255 (q the conic
+    form), with a generous margin; x0 > x1 when the Gaussian is below 1/255 everywhere.
+
+    Arguments are the stored (dtype-rounded) values, converted to float64 here.
+    """
+    a64, b64, c64, o64 = float(a), float(b), float(c), float(o)
+    det = a64 * c64 - b64 * b64
+    x0, y0, x1, y1 = 0, 0, width - 1, height - 1
+    if not (o64 * 255.0 > 1.0 - 1e-3):
+        x0, y0, x1, y1 = 1, 1, 0, 0  # alpha <= o < 1/255 everywhere (power <= 0)
+    elif a64 > 0.0 and c64 > 0.0 and det > 0.0 and math.isfinite(det):
+        # o exp(-q/2) >= 1/255  <=>  q <= 2 log(255 o); the ellipse q <= k reaches
+        # sqrt(k Sigma_xx) along x, with Sigma = conic^-1.
+        k = 2.0 * (max(math.log(255.0 * o64), 0.0) + 0.05)
+        hx = math.sqrt(k * c64 / det) * 1.01 + 0.01
+        hy = math.sqrt(k * a64 / det) * 1.01 + 0.01
+        fmx, fmy = float(mx), float(my)
+        lo_x, hi_x = fmx - hx - 0.5, fmx + hx - 0.5
+        lo_y, hi_y = fmy - hy - 0.5, fmy + hy - 0.5
+        if math.isfinite(lo_x) and math.isfinite(hi_x) and math.isfinite(lo_y) and math.isfinite(hi_y):
+            x0 = int(max(math.ceil(lo_x), -1.0))
+            x1 = int(min(math.floor(hi_x), float(width)))
+            y0 = int(max(math.ceil(lo_y), -1.0))
+            y1 = int(min(math.floor(hi_y), float(height)))
+    return x0, y0, x1, y1
+
+
 # ---- 1-3. projection and colour, forward ------------------------------------------------------
 
 
@@ -270,14 +299,26 @@ def project_forward(
         x1 = min(max(_floor_div_tile(ux + r), -1), tiles_x - 1)
         y0 = min(max(_floor_div_tile(uy - r), 0), tiles_y)
         y1 = min(max(_floor_div_tile(uy + r), -1), tiles_y - 1)
+        if valid and x0 <= x1 and y0 <= y1:
+            radii[i] = np.int32(r)
+            # Keep only the tiles that the box where alpha >= 1/255 touches: a low-opacity
+            # or elongated Gaussian's square of radius r covers many tiles it cannot change.
+            # The images are those of the full square (the compositing skips alpha < 1/255).
+            bx0, by0, bx1, by1 = _alpha_box(
+                ux, uy, conics[i, 0], conics[i, 1], conics[i, 2], opacities[i], width, height
+            )
+            x0 = max(x0, _floor_div_tile(bx0))
+            x1 = min(x1, _floor_div_tile(bx1))
+            y0 = max(y0, _floor_div_tile(by0))
+            y1 = min(y1, _floor_div_tile(by1))
+            if bx0 > bx1 or by0 > by1 or x0 > x1 or y0 > y1:
+                x1, y1 = x0 - 1, y0 - 1  # no tile: an empty rectangle owns no slots
+        else:
+            radii[i] = 0
         rect[i, 0] = x0
         rect[i, 1] = y0
         rect[i, 2] = x1
         rect[i, 3] = y1
-        if valid and x0 <= x1 and y0 <= y1:
-            radii[i] = np.int32(r)
-        else:
-            radii[i] = 0
 
 
 # ---- 1-3. projection and colour, backward -----------------------------------------------------
@@ -723,25 +764,7 @@ def prepare_splats(means2d, conics, opacities, colors, depths, width, height, re
         for k in range(nc):
             rec[i, 6 + k] = colors[i, k]
         rec[i, 6 + nc] = depths[i]
-        a64, b64, c64, o64 = float(a), float(b), float(c), float(o)
-        det = a64 * c64 - b64 * b64
-        x0, y0, x1, y1 = 0, 0, width - 1, height - 1
-        if not (o64 * 255.0 > 1.0 - 1e-3):
-            x0, y0, x1, y1 = 1, 1, 0, 0  # alpha <= o < 1/255 everywhere (power <= 0)
-        elif a64 > 0.0 and c64 > 0.0 and det > 0.0 and math.isfinite(det):
-            # o exp(-q/2) >= 1/255  <=>  q <= 2 log(255 o); the ellipse q <= k reaches
-            # sqrt(k Sigma_xx) along x, with Sigma = conic^-1.
-            k = 2.0 * (max(math.log(255.0 * o64), 0.0) + 0.05)
-            hx = math.sqrt(k * c64 / det) * 1.01 + 0.01
-            hy = math.sqrt(k * a64 / det) * 1.01 + 0.01
-            fmx, fmy = float(mx), float(my)
-            lo_x, hi_x = fmx - hx - 0.5, fmx + hx - 0.5
-            lo_y, hi_y = fmy - hy - 0.5, fmy + hy - 0.5
-            if math.isfinite(lo_x) and math.isfinite(hi_x) and math.isfinite(lo_y) and math.isfinite(hi_y):
-                x0 = int(max(math.ceil(lo_x), -1.0))
-                x1 = int(min(math.floor(hi_x), float(width)))
-                y0 = int(max(math.ceil(lo_y), -1.0))
-                y1 = int(min(math.floor(hi_y), float(height)))
+        x0, y0, x1, y1 = _alpha_box(mx, my, a, b, c, o, width, height)
         bbox[i, 0] = x0
         bbox[i, 1] = y0
         bbox[i, 2] = x1
