@@ -169,5 +169,6 @@ def load_blender(root: Path, opts: LoadOptions) -> Scene:
     background = opts.background
     return build_scene(
         train, test, points, colors, background=background, kind="blender", path=root, opts=opts,
-        info={"test_split": None if test_json is None else test_json.name, "alpha": bool(alpha_seen)},
+        info={"test_split": None if test_json is None else test_json.name, "alpha": bool(alpha_seen),
+              "random_points": points is not None},
     )

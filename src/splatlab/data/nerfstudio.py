@@ -280,9 +280,10 @@ def load_nerfstudio(json_path: Path, opts: LoadOptions) -> Scene:
             log(opts.verbose, f"initial points from {ply_path} ({0 if points is None else len(points)})")
         else:
             warn(f"{json_path}: ply_file_path {ply} does not exist; using random initial points")
-    if points is None:
+    random_pts = points is None
+    if random_pts:
         points, colors = lookat_box_points([views[k].camera for k in train_idx] or [v.camera for v in views], opts)
-    info = {"frames": len(frames), "missing": missing, "undistorted": any_distorted}
+    info = {"frames": len(frames), "missing": missing, "undistorted": any_distorted, "random_points": random_pts}
     if cache is not None:
         info["undistort_cache"] = {"folder": str(cache.folder), "reused": cache.hits, "computed": cache.misses}
     return build_scene(

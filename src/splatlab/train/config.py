@@ -13,6 +13,7 @@ from typing import Annotated, Literal, Optional
 
 import tyro
 
+from .init import InitRegion
 from .strategy import DefaultStrategyConfig, MCMCStrategyConfig
 
 
@@ -90,8 +91,14 @@ class TrainConfig:
     """Mip-Splatting's 2D filter with opacity compensation."""
     init_opacity: float = 0.1
     """Opacity of the initial Gaussians."""
+    init_region: InitRegion = "auto"
+    """Where the initial Gaussians come from (train/init.py): "points" = the dataset's point
+    cloud (SfM, or the loader's random cube as 3DGS does for Blender); "hull" = inside the
+    visual hull of the training alpha masks; "frusta" = where most training views look;
+    "box" = anywhere in the box around the cameras. "auto" = hull when the dataset's points are
+    random and the images have alpha, else the points (frusta when there are none)."""
     init_num_random: int = 100_000
-    """Random initial Gaussians when the dataset has no point cloud."""
+    """How many Gaussians "hull", "frusta" and "box" place."""
     seed: int = 0
     """Seed for camera order, initialisation and densification randomness."""
     save_at: tuple[int, ...] = (7_000, 30_000)

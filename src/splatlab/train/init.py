@@ -1,0 +1,131 @@
+"""Where the initial Gaussians come from when a dataset has no real point cloud.
+
+Loaders of layouts without points (Blender, nerfstudio without a .ply) return random points
+(scene.info["random_points"]); the trainer's `init_region` decides whether to use them
+("points") or to place `init_num_random` Gaussians from the views, as below.
+
+3DGS starts synthetic scenes from 100k points uniform in a fixed cube ([-1.3, 1.3]^3, a fact of
+the NeRF-synthetic data). We do not know such a cube for an arbitrary dataset; the box around
+the cameras (centre of the camera positions +- the scene extent) is ~60x larger in volume on
+lego, so most random Gaussians would start in empty space, large and slow to render. The
+cameras themselves say where the scene is:
+
+- "frusta": keep candidate points that at least `min_view_fraction` of the training views see
+  (in front of the camera, inside the image): for an object captured from all around this is a
+  region about as large as the object's bounding sphere.
+- "hull": additionally carve with the training images' alpha masks (Blender RGBA data): a point
+  must project onto a covered pixel (alpha > 0) in every view that sees it, allowing a few
+  views to disagree (soft mask edges). This is the object's visual hull: the Gaussians start
+  where the object is. Colours start as the mean of the pixels the point projects to.
+- "box": uniform in the box around the cameras, random colours (no use of the views).
+
+Candidates are drawn in two rounds: a first batch in the camera box locates the accepted region,
+the rest is drawn in that region's bounding box (slightly padded), so a small hull still gets
+its `n` points quickly.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+import torch
+
+from ..gaussians import Gaussians
+
+InitRegion = Literal["auto", "points", "hull", "frusta", "box"]
+HULL_TOLERANCE = 0.02  # fraction of the seeing views allowed to put a point on background
+_BATCH = 200_000
+
+
+def resolve_region(scene, region: InitRegion) -> str:
+    """The concrete region for `region`: "auto" is "hull" when the scene's points are random
+    (or absent) and every training view has an alpha channel; else its points, else "frusta"."""
+    if region not in ("auto", "points", "hull", "frusta", "box"):
+        raise ValueError(f"unknown init region {region!r}: expected auto, points, hull, frusta or box")
+    has_points = scene.points is not None and len(scene.points) > 0
+    if region == "points" and not has_points:
+        raise ValueError(f"init region 'points': the {scene.kind} scene at {scene.path} has no point cloud")
+    if region != "auto":
+        return region
+    random_points = not has_points or bool(scene.info.get("random_points", False))
+    if random_points and all(v.alpha is not None for v in scene.train):
+        return "hull"
+    return "points" if has_points else "frusta"
+
+
+def random_init(
+    scene,
+    n: int,
+    region: str = "hull",
+    sh_degree: int = 3,
+    init_opacity: float = 0.1,
+    min_view_fraction: float = 0.5,
+    generator: Optional[torch.Generator] = None,
+) -> tuple[Gaussians, str]:
+    """`n` Gaussians placed in `region` ("hull", "frusta" or "box", see the module doc);
+    returns them and the region used ("box" when the views agree on no region)."""
+    if n <= 0:
+        raise ValueError(f"number of initial Gaussians must be positive, got {n}")
+    if region not in ("hull", "frusta", "box"):
+        raise ValueError(f"unknown random init region {region!r}: expected hull, frusta or box")
+    if region == "hull" and not all(v.alpha is not None for v in scene.train):
+        raise ValueError("init region 'hull' needs training images with an alpha channel (e.g. Blender RGBA)")
+    centre = torch.stack([v.camera.position.float() for v in scene.train]).mean(0)
+    half = max(float(scene.extent), 1e-3)
+    lo, hi = centre - half, centre + half
+    if region == "box":
+        return Gaussians.random(n, lo.tolist(), hi.tolist(), sh_degree, init_opacity, generator=generator), region
+
+    carve = region == "hull"
+    first, first_colors = _accepted(scene, _uniform(_BATCH, lo, hi, generator), carve, min_view_fraction)
+    if len(first) < 16:  # the views agree on (almost) nothing: fall back to the camera box
+        return Gaussians.random(n, lo.tolist(), hi.tolist(), sh_degree, init_opacity, generator=generator), "box"
+    pad = 0.02 * (first.amax(0) - first.amin(0)) + 1e-6
+    lo2, hi2 = torch.maximum(first.amin(0) - pad, lo), torch.minimum(first.amax(0) + pad, hi)
+    points, colors = [], []
+    total = 0
+    for _ in range(50):  # bounded: each round accepts a fair share of the tight box
+        p, c = _accepted(scene, _uniform(_BATCH, lo2, hi2, generator), carve, min_view_fraction)
+        points.append(p)
+        colors.append(c)
+        total += len(p)
+        if total >= n:
+            break
+    points_t = torch.cat(points)[:n]  # [n', 3]
+    colors_t = torch.cat(colors)[:n]
+    if not carve:
+        colors_t = torch.rand(len(points_t), 3, generator=generator)  # as 3DGS: random colours
+    return Gaussians.from_points(points_t, colors_t, sh_degree, init_opacity), region
+
+
+def _uniform(m: int, lo: torch.Tensor, hi: torch.Tensor, generator) -> torch.Tensor:
+    return lo + (hi - lo) * torch.rand(m, 3, generator=generator)  # [m, 3]
+
+
+@torch.no_grad()
+def _accepted(scene, points: torch.Tensor, carve: bool, min_view_fraction: float):
+    """The candidates that pass the view test, and their mean colour over the views that see them.
+
+    points [M, 3] -> ([K, 3], [K, 3]).
+    """
+    m = len(points)
+    seen = torch.zeros(m)
+    covered = torch.zeros(m)
+    color_sum = torch.zeros(m, 3)
+    for view in scene.train:
+        uvz = view.camera.project(points.double()).float()  # [M, 3]
+        u, v, z = uvz[:, 0], uvz[:, 1], uvz[:, 2]
+        inside = (z > 1e-3) & (u >= 0) & (v >= 0) & (u < view.width) & (v < view.height)
+        seen += inside
+        if not carve:
+            continue
+        iu = u.clamp(0, view.width - 1).long()
+        iv = v.clamp(0, view.height - 1).long()
+        on = inside & (view.alpha[iv, iu] > 0)
+        covered += on
+        color_sum += view.image[iv, iu].float() / 255.0 * on.unsqueeze(-1)
+    keep = seen >= min_view_fraction * len(scene.train)
+    if carve:
+        keep &= covered >= (1.0 - HULL_TOLERANCE) * seen
+    colors = color_sum[keep] / covered[keep].clamp_min(1.0).unsqueeze(-1)
+    return points[keep], colors
