@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from splatlab import Camera, Gaussians, RenderSettings, rasterize
+from splatlab import Camera, RenderSettings, rasterize
 from splatlab.data.scene import Scene, View
 from splatlab.train.config import TrainConfig
 from splatlab.train.strategy import DefaultStrategyConfig
-from splatlab.train.trainer import EndEvent, StepEvent, Trainer, TrainingError, train
+from splatlab.train.trainer import (
+    MIN_REFINE_EVERY, MIN_RESET_EVERY, EndEvent, StepEvent, Trainer, TrainingError, train,
+)
 
 from helpers import random_scene
 
@@ -163,6 +165,14 @@ def test_wall_clock_budget_scales_the_schedule_and_ends_cleanly(tmp_path):
     assert trainer.elapsed <= budget * 60 + 2.0
     assert (tmp_path / "run" / "metrics.json").exists()
     assert (tmp_path / "run" / "point_cloud" / f"iteration_{result.step}" / "point_cloud.ply").exists()
+
+
+def test_a_compressed_schedule_keeps_opacity_resets_apart(tmp_path):
+    trainer = Trainer(TrainConfig(output=tmp_path / "run", progress=False), synthetic_scene(num_views=4, size=16))
+    short = trainer._make_strategy(0.1).config  # 3000 iterations planned
+    assert short.refine_stop == 1500 and short.refine_every == MIN_REFINE_EVERY
+    assert short.reset_every == MIN_RESET_EVERY  # not 300: recovering from a reset takes longer
+    assert trainer._make_strategy(1.0).config.reset_every == 3000
 
 
 def test_random_background_recomposites_the_target_or_is_refused(tmp_path):

@@ -35,11 +35,13 @@ from ..losses import photometric_loss
 from ..metrics import LPIPS, evaluate_views, psnr
 from ..render import RenderSettings, rasterize
 from .config import TrainConfig
+from .init import random_init, resolve_region
 from .optim import as_parameters, make_optimizers, means_lr_at
-from .strategy import DefaultStrategy, MCMCStrategy, Strategy
+from .strategy import DefaultStrategy, DefaultStrategyConfig, MCMCStrategy, Strategy
 
 CHECKPOINT_VERSION = 1
 MIN_REFINE_EVERY = 20  # densification interval floor when a time budget compresses the schedule
+MIN_RESET_EVERY = 1000  # opacity-reset interval floor, likewise
 REPLAN_EVERY = 0.1  # with a time budget, re-plan the schedule every 10% of the run ...
 REPLAN_MIN_STEPS = 20  # ... and at least this many steps apart
 
@@ -139,15 +141,14 @@ class Trainer:
 
     def _initial_gaussians(self) -> Gaussians:
         cfg, scene = self.config, self.scene
-        if scene.points is not None and len(scene.points) > 0:
+        self.init_region_used = resolve_region(scene, cfg.init_region)
+        if self.init_region_used == "points":
             return Gaussians.from_points(scene.points, scene.point_colors, cfg.sh_degree, cfg.init_opacity)
-        centre = torch.stack([v.camera.position.float() for v in scene.train]).mean(0)
-        half = max(scene.extent, 1e-3)
         gen = torch.Generator().manual_seed(cfg.seed)
-        return Gaussians.random(
-            cfg.init_num_random, (centre - half).tolist(), (centre + half).tolist(), cfg.sh_degree,
-            cfg.init_opacity, generator=gen,
+        gaussians, self.init_region_used = random_init(
+            scene, cfg.init_num_random, self.init_region_used, cfg.sh_degree, cfg.init_opacity, generator=gen
         )
+        return gaussians
 
     def _make_strategy(self, schedule_scale: float) -> Strategy:
         cfg = self.config
@@ -160,6 +161,12 @@ class Trainer:
             # MIN_REFINE_EVERY steps would grow from gradient statistics of a handful of views.
             every = max(scaled.refine_every, min(base.refine_every, MIN_REFINE_EVERY))
             scaled = dataclasses.replace(scaled, refine_every=every, refine_start=max(scaled.refine_start, every))
+            if isinstance(scaled, DefaultStrategyConfig):
+                # Recovering from an opacity reset takes a fixed number of Adam steps (the
+                # logit climbs from -4.6 at lr 2.5e-2), not a fraction of the run: resets
+                # closer than MIN_RESET_EVERY would leave the model no time to recover.
+                reset = max(scaled.reset_every, min(base.reset_every, MIN_RESET_EVERY))
+                scaled = dataclasses.replace(scaled, reset_every=reset)
         return DefaultStrategy(scaled) if cfg.strategy == "default" else MCMCStrategy(scaled)
 
     def _settings(self, sh_degree: int, background) -> RenderSettings:
@@ -254,11 +261,13 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
         random.seed(cfg.seed)
+        started = time.perf_counter()
         self.params = as_parameters(self._initial_gaussians().to(self.device))
         self.optimizers = make_optimizers(self.params, cfg.optim, self.scene.extent)
         self.view_generator = torch.Generator().manual_seed(cfg.seed)
         self.view_queue: list[int] = []
-        self.step, self.elapsed = 0, 0.0
+        self.step = 0
+        self.elapsed = time.perf_counter() - started  # placing the Gaussians is part of the run
         self.total = cfg.iterations
         scale = 1.0
         if cfg.max_minutes is not None:
