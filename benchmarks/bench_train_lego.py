@@ -44,6 +44,7 @@ def main() -> int:
     parser.add_argument("--eval-every", type=int, default=1, help="evaluate on every k-th val view")
     parser.add_argument("--output", type=Path, default=ROOT / "outputs" / "bench_lego")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
+    parser.add_argument("--plot", type=Path, default=None, help="also plot val PSNR against minutes (PNG)")
     args = parser.parse_args()
     if not args.data.exists():
         print(f"lego_400 not found at {args.data}; see ../shared/data/README.md", file=sys.stderr)
@@ -101,7 +102,39 @@ def main() -> int:
               f"| {r['seconds']:.0f} | {r['kind']} |")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
+    if args.plot:
+        _plot(rows, args.plot, args.strategy)
     return 0
+
+
+def _plot(rows: list[dict], path: Path, strategy: str) -> None:
+    """Val PSNR against training minutes, with the issue's targets as lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
+    for kind, marker in (("checkpoint", "o-"), ("end", "o-"), ("budget", "s")):
+        pts = [(r["seconds"] / 60, r["psnr"]) for r in rows if r["kind"] == kind]
+        if pts:
+            ax.plot(*zip(*pts), marker, color="tab:blue" if kind != "budget" else "tab:orange",
+                    label="separate budgeted runs" if kind == "budget" else None)
+    line = [(r["seconds"] / 60, r["psnr"]) for r in rows if r["kind"] in ("checkpoint", "end")]
+    if line:
+        ax.plot(*zip(*line), "-", color="tab:blue", label="one run, evaluated on the way")
+    ax.axhline(33.0, color="grey", ls="--", lw=0.8)
+    ax.axhline(35.78, color="grey", ls=":", lw=0.8)
+    ax.text(0.5, 33.05, "target at 15 min: 33 dB", fontsize=7, color="grey", va="bottom")
+    ax.text(0.5, 35.83, "3DGS paper (800 px, GPU): 35.78 dB", fontsize=7, color="grey", va="bottom")
+    ax.set_xlabel("training time (min), 2 CPU cores")
+    ax.set_ylabel("val PSNR (dB)")
+    ax.set_title(f"lego_400, strategy {strategy}", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def _row(minutes, metrics, step, elapsed, kind) -> dict:
