@@ -115,14 +115,12 @@ def _plot(rows: list[dict], path: Path, strategy: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
-    for kind, marker in (("checkpoint", "o-"), ("end", "o-"), ("budget", "s")):
-        pts = [(r["seconds"] / 60, r["psnr"]) for r in rows if r["kind"] == kind]
-        if pts:
-            ax.plot(*zip(*pts), marker, color="tab:blue" if kind != "budget" else "tab:orange",
-                    label="separate budgeted runs" if kind == "budget" else None)
     line = [(r["seconds"] / 60, r["psnr"]) for r in rows if r["kind"] in ("checkpoint", "end")]
     if line:
-        ax.plot(*zip(*line), "-", color="tab:blue", label="one run, evaluated on the way")
+        ax.plot(*zip(*line), "o-", color="tab:blue", label="one run, evaluated on the way")
+    budgets = [(r["seconds"] / 60, r["psnr"]) for r in rows if r["kind"] == "budget"]
+    if budgets:
+        ax.plot(*zip(*budgets), "s", color="tab:orange", label="separate budgeted runs")
     ax.axhline(33.0, color="grey", ls="--", lw=0.8)
     ax.axhline(35.78, color="grey", ls=":", lw=0.8)
     ax.text(0.5, 33.05, "target at 15 min: 33 dB", fontsize=7, color="grey", va="bottom")
