@@ -9,7 +9,7 @@ import torch
 
 from .camera import Camera
 from .gaussians import Gaussians
-from .render.reference import quat_to_rotmat
+from .geometry import quat_to_rotmat, rotmat_to_quat, slerp
 
 
 def look_at_point(cameras: Sequence[Camera]) -> torch.Tensor:
@@ -80,26 +80,6 @@ def orbit_around_gaussians(
     return frames
 
 
-def _slerp(q0: torch.Tensor, q1: torch.Tensor, t: float) -> torch.Tensor:
-    dot = float(q0 @ q1)
-    if dot < 0:
-        q1, dot = -q1, -dot
-    if dot > 0.9995:
-        q = q0 + t * (q1 - q0)
-        return q / q.norm()
-    theta = math.acos(dot)
-    return (math.sin((1 - t) * theta) * q0 + math.sin(t * theta) * q1) / math.sin(theta)
-
-
-def _rot_to_quat(r: torch.Tensor) -> torch.Tensor:
-    w = math.sqrt(max(0.0, 1 + r[0, 0] + r[1, 1] + r[2, 2])) / 2
-    x = math.copysign(math.sqrt(max(0.0, 1 + r[0, 0] - r[1, 1] - r[2, 2])) / 2, float(r[2, 1] - r[1, 2]))
-    y = math.copysign(math.sqrt(max(0.0, 1 - r[0, 0] + r[1, 1] - r[2, 2])) / 2, float(r[0, 2] - r[2, 0]))
-    z = math.copysign(math.sqrt(max(0.0, 1 - r[0, 0] - r[1, 1] + r[2, 2])) / 2, float(r[1, 0] - r[0, 1]))
-    q = torch.tensor([w, x, y, z], dtype=torch.float64)
-    return q / q.norm()
-
-
 def interpolate_cameras(cameras: Sequence[Camera], frames_per_segment: int = 10) -> list[Camera]:
     """A path through the cameras in order: positions linear, rotations slerped."""
     if len(cameras) < 2:
@@ -107,11 +87,11 @@ def interpolate_cameras(cameras: Sequence[Camera], frames_per_segment: int = 10)
     out = []
     for a, b in zip(cameras[:-1], cameras[1:]):
         ca, cb = a.c2w.double(), b.c2w.double()
-        qa, qb = _rot_to_quat(ca[:3, :3]), _rot_to_quat(cb[:3, :3])
+        qa, qb = rotmat_to_quat(ca[:3, :3]), rotmat_to_quat(cb[:3, :3])
         for k in range(frames_per_segment):
             t = k / frames_per_segment
             c2w = torch.eye(4, dtype=torch.float64)
-            c2w[:3, :3] = quat_to_rotmat(_slerp(qa, qb, t)[None])[0]
+            c2w[:3, :3] = quat_to_rotmat(slerp(qa, qb, t)[None])[0]
             c2w[:3, 3] = (1 - t) * ca[:3, 3] + t * cb[:3, 3]
             out.append(Camera(a.fx, a.fy, a.cx, a.cy, torch.linalg.inv(c2w), a.width, a.height,
                               f"path_{len(out):04d}"))

@@ -39,7 +39,8 @@ def _prepare_output(path: Path, force: bool) -> Path:
 
 
 def find_model(path: Path) -> tuple[Path, Optional[Path]]:
-    """(.ply file, training run folder or None) for a .ply or a `splatlab train` output folder."""
+    """(model file, training run folder or None) for a model file of any format in io.FORMATS
+    or a `splatlab train` output folder (its latest point cloud)."""
     if path.is_file():
         return path, (path.parents[2] if path.parent.parent.name == "point_cloud" else None)
     if path.is_dir():
@@ -51,10 +52,10 @@ def find_model(path: Path) -> tuple[Path, Optional[Path]]:
 
 
 def _load_model(path: Path):
-    from .io import read_ply
+    from .io import read_model
 
-    ply, run = find_model(path)
-    return read_ply(ply), ply, run
+    model, run = find_model(path)
+    return read_model(model), model, run
 
 
 def _dataset_of_run(run: Optional[Path]) -> Optional[Path]:

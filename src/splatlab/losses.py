@@ -7,8 +7,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-SSIM_C1 = 0.01**2
-SSIM_C2 = 0.03**2
+from .constants import SSIM_C1, SSIM_C2, SSIM_LAMBDA, SSIM_SIGMA, SSIM_WINDOW
 
 
 @functools.lru_cache(maxsize=8)
@@ -29,7 +28,7 @@ def _blur(x: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
     return F.conv2d(x, window.view(1, 1, 1, k).expand(c, 1, 1, k), padding=(0, k // 2), groups=c)
 
 
-def ssim(img1: torch.Tensor, img2: torch.Tensor, window_size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+def ssim(img1: torch.Tensor, img2: torch.Tensor, window_size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> torch.Tensor:
     """Mean SSIM of two images [H, W, C] (or batches [B, H, W, C]) with values in [0, 1].
 
     Gaussian-weighted local statistics (11x11, sigma 1.5), zero-padded as the 3DGS code does.
@@ -53,6 +52,6 @@ def l1(img1: torch.Tensor, img2: torch.Tensor) -> torch.Tensor:
     return (img1 - img2).abs().mean()
 
 
-def photometric_loss(render: torch.Tensor, target: torch.Tensor, ssim_lambda: float = 0.2) -> torch.Tensor:
+def photometric_loss(render: torch.Tensor, target: torch.Tensor, ssim_lambda: float = SSIM_LAMBDA) -> torch.Tensor:
     """(1 - lambda) L1 + lambda (1 - SSIM), the 3DGS training loss. Images [H, W, 3]."""
     return (1.0 - ssim_lambda) * l1(render, target) + ssim_lambda * (1.0 - ssim(render, target))

@@ -3,7 +3,7 @@
     write_ply / read_ply        Inria 3DGS layout, raw parameters, float32 bit-exact round trip
     write_splat / read_splat    32-byte records of the common web viewers (DC colour only, quantised)
     write_gltf / read_gltf      glTF 2.0 + KHR_gaussian_splatting (.glb, or .gltf + .bin)
-    export_model                one entry point, format from the suffix
+    FORMATS                     the registry of formats: export_model / read_model dispatch on it
     atomic_write                context manager yielding an open FILE OBJECT whose content replaces
                                 the target on a clean exit (temp file in the same directory, fsync,
                                 os.replace); atomic_write_path yields a temporary PATH instead.
@@ -14,7 +14,9 @@ Every writer goes through atomic_write, so an interrupted export never leaves a 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Optional
 
 from ..gaussians import Gaussians
 from .atomic import atomic_write, atomic_write_path
@@ -25,6 +27,9 @@ from .splat import SplatData, SplatFormatError, read_splat, write_splat
 
 __all__ = [
     "EXPORT_FORMATS",
+    "FORMATS",
+    "ModelFormat",
+    "read_model",
     "GltfFormatError",
     "PlyFormatError",
     "SplatData",
@@ -43,33 +48,68 @@ __all__ = [
     "write_splat",
 ]
 
-EXPORT_FORMATS = ("ply", "splat", "gltf", "glb")
-_SUFFIXES = {".ply": "ply", ".splat": "splat", ".gltf": "gltf", ".glb": "glb"}
+
+@dataclass(frozen=True)
+class ModelFormat:
+    """One file format a model can be written to and (where `read` is set) read from."""
+
+    name: str  # what --format takes
+    suffixes: tuple[str, ...]  # file name endings that mean this format (lower case, with the dot)
+    write: Callable[[Path, Gaussians], Path]  # (path, gaussians) -> the main file written
+    read: Optional[Callable[[Path], Gaussians]]  # path -> float32 Gaussians on the CPU
+    description: str
+
+
+def _read_splat(path: Path) -> Gaussians:
+    return read_splat(path).to_gaussians()
+
+
+# The registry: every command that takes or writes a MODEL goes through it. A format module
+# adds itself with one line here. Order matters only for suffixes claimed twice (first wins).
+FORMATS: dict[str, ModelFormat] = {
+    f.name: f
+    for f in (
+        ModelFormat("ply", (".ply",), write_ply, read_ply, "Inria 3DGS .ply (float32, what every viewer reads)"),
+        ModelFormat("splat", (".splat",), write_splat, _read_splat, "32 bytes per Gaussian, DC colour only"),
+        ModelFormat("gltf", (".gltf",), lambda p, g: write_gltf(p, g, binary=False), read_gltf,
+                    "glTF 2.0 + KHR_gaussian_splatting, .gltf + .bin"),
+        ModelFormat("glb", (".glb",), lambda p, g: write_gltf(p, g, binary=True), read_gltf,
+                    "glTF 2.0 + KHR_gaussian_splatting, one binary file"),
+    )
+}
+EXPORT_FORMATS = tuple(FORMATS)
 
 
 def format_from_suffix(path: str | os.PathLike) -> str:
-    """'ply' | 'splat' | 'gltf' | 'glb' from the file name; ValueError for anything else."""
-    suffix = Path(os.fspath(path)).suffix.lower()
-    try:
-        return _SUFFIXES[suffix]
-    except KeyError:
-        raise ValueError(
-            f"cannot tell the export format of {os.fspath(path)!r} from its suffix {suffix!r}: "
-            f"use one of {', '.join(_SUFFIXES)} or pass format= one of {EXPORT_FORMATS}"
-        ) from None
+    """The registered format whose suffix ends the file name; ValueError for anything else."""
+    name = Path(os.fspath(path)).name.lower()
+    for fmt in FORMATS.values():
+        if any(name.endswith(suffix) for suffix in fmt.suffixes):
+            return fmt.name
+    known = ", ".join(s for f in FORMATS.values() for s in f.suffixes)
+    raise ValueError(
+        f"cannot tell the format of {os.fspath(path)!r} from its suffix {Path(name).suffix!r}: "
+        f"expected a file ending in one of {known}"
+    )
 
 
 def export_model(path: str | os.PathLike, gaussians: Gaussians, format: str | None = None) -> Path:
-    """Write `gaussians` to `path` as `format` (ply | splat | gltf | glb; None: from the suffix).
+    """Write `gaussians` to `path` as `format` (a FORMATS key; None: from the suffix).
 
-    The path is used as given, whatever its suffix. 'gltf' writes `path` plus `<stem>.bin` beside it;
-    'glb' writes one binary file. Returns the path of the main file written.
+    The path is used as given, whatever its suffix. Returns the path of the main file written.
     """
     fmt = format_from_suffix(path) if format is None else str(format).lower().lstrip(".")
-    if fmt == "ply":
-        return write_ply(path, gaussians)
-    if fmt == "splat":
-        return write_splat(path, gaussians)
-    if fmt in ("gltf", "glb"):
-        return write_gltf(path, gaussians, binary=(fmt == "glb"))
-    raise ValueError(f"unknown export format {format!r}; expected one of {EXPORT_FORMATS}")
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {format!r}; expected one of {', '.join(FORMATS)}")
+    return FORMATS[fmt].write(Path(os.fspath(path)), gaussians)
+
+
+def read_model(path: str | os.PathLike) -> Gaussians:
+    """Read a model file of any registered format (from its suffix) into float32 CPU Gaussians."""
+    path = Path(os.fspath(path))
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    fmt = FORMATS[format_from_suffix(path)]
+    if fmt.read is None:
+        raise ValueError(f"{path}: splatlab can write {fmt.name} files but not read them")
+    return fmt.read(path)

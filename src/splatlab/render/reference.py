@@ -25,36 +25,17 @@ from dataclasses import dataclass
 import torch
 
 from ..camera import Camera
+from ..constants import ALPHA_MAX, ALPHA_MIN, FOV_CLAMP, LAMBDA_FLOOR, RADIUS_SIGMAS, T_MIN
 from ..gaussians import Gaussians
+from ..geometry import quat_scale_to_covar, quat_to_rotmat  # noqa: F401  (re-exported)
 from ..sh import eval_sh
 from .settings import TILE_SIZE, RenderOutput, RenderSettings
 
-# Compositing constants of the 3DGS rasterizer.
-ALPHA_MAX = 0.99  # a single Gaussian never makes a pixel fully opaque
-ALPHA_MIN = 1.0 / 255.0  # contributions below one 8-bit step are skipped
-T_MIN = 1e-4  # stop before the Gaussian that would take transmittance below this
-FOV_CLAMP = 1.3  # the point used for the Jacobian is clamped to 1.3x the field of view
-
-
 # ---- 1. covariance -------------------------------------------------------------------------
-
-
-def quat_to_rotmat(quats: torch.Tensor) -> torch.Tensor:
-    """[N, 4] quaternions (w, x, y, z), any norm -> [N, 3, 3] rotation matrices."""
-    # Components made contiguous first: elementwise ops on stride-4 views are several x slower.
-    w, x, y, z = torch.nn.functional.normalize(quats, dim=-1).T.contiguous()  # 4 x [N]
-    rows = [
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ]  # fmt: skip
-    return torch.stack(rows, dim=-1).reshape(-1, 3, 3)
-
-
-def quat_scale_to_covar(quats: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """Sigma = R S S^T R^T. quats [N, 4], scales [N, 3] (standard deviations) -> [N, 3, 3]."""
-    m = quat_to_rotmat(quats) * scales.unsqueeze(-2)  # [N, 3, 3] = R @ diag(s)
-    return m @ m.transpose(-1, -2)
+#
+# Sigma = R S S^T R^T, with R the rotation of the (normalised) quaternion and S = diag(scales):
+# `quat_scale_to_covar` in geometry.py (shared with the trainer and the viewer). The
+# method's constants (ALPHA_MAX, T_MIN, FOV_CLAMP, ...) live in constants.py.
 
 
 # ---- 2. projection -------------------------------------------------------------------------
@@ -120,8 +101,8 @@ def project_gaussians(
 
     # 3 sigma along the major axis; the 0.1 floor is the 3DGS rasterizer's.
     mid = 0.5 * (a + c)
-    lambda_max = mid + torch.sqrt(torch.clamp(mid * mid - det, min=0.1))
-    radius = torch.ceil(3.0 * torch.sqrt(lambda_max.detach()))
+    lambda_max = mid + torch.sqrt(torch.clamp(mid * mid - det, min=LAMBDA_FLOOR))
+    radius = torch.ceil(RADIUS_SIGMAS * torch.sqrt(lambda_max.detach()))
 
     means2d = torch.stack([fx * x / z + cx, fy * y / z + cy], dim=-1)  # [N, 2]
 

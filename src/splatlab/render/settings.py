@@ -7,7 +7,7 @@ from typing import Literal, Optional
 
 import torch
 
-TILE_SIZE = 16  # pixels per tile side; every backend bins Gaussians into 16x16 tiles
+from ..constants import EPS2D, FAR_PLANE, NEAR_PLANE, TILE_SIZE  # noqa: F401  (TILE_SIZE re-exported)
 
 Backend = Literal["auto", "reference", "cpu"]
 
@@ -23,11 +23,11 @@ class RenderSettings:
     """Colour behind the Gaussians: C = sum c_i a_i T_i + T_final * background."""
     sh_degree: Optional[int] = None
     """SH degree to evaluate (the training ramp lowers it); None = all the model has."""
-    near_plane: float = 0.01
+    near_plane: float = NEAR_PLANE
     """Gaussians whose camera-space depth is below this are culled."""
-    far_plane: float = 1e10
+    far_plane: float = FAR_PLANE
     """Gaussians whose camera-space depth is above this are culled."""
-    eps2d: float = 0.3
+    eps2d: float = EPS2D
     """Low-pass filter added to the 2D covariance, in px^2 (3DGS: 0.3)."""
     antialiased: bool = False
     """Mip-Splatting's 2D filter: scale opacity by sqrt(det(S') / det(S' + eps2d I)) so that

@@ -30,7 +30,7 @@ import math
 import torch
 
 from ..gaussians import PARAM_NAMES, Gaussians
-from ..render.reference import quat_scale_to_covar, quat_to_rotmat
+from ..geometry import quat_scale_to_covar, quat_to_rotmat
 
 Optimizers = dict[str, torch.optim.Optimizer]
 

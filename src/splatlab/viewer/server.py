@@ -52,7 +52,7 @@ import numpy as np
 import torch
 
 from ..gaussians import Gaussians
-from ..render.reference import quat_scale_to_covar
+from ..geometry import quat_scale_to_covar
 from ..sh import SH_C0
 
 DEFAULT_MAX_GAUSSIANS = 1_000_000

@@ -27,7 +27,7 @@ import numba
 import numpy as np
 import torch
 
-from ..reference import ALPHA_MAX, ALPHA_MIN, T_MIN
+from ...constants import ALPHA_MAX, ALPHA_MIN, T_MIN
 from ..settings import TILE_SIZE
 from . import kernels
 

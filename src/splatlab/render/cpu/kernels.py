@@ -38,19 +38,15 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-TILE = 16  # must equal settings.TILE_SIZE
+from ...constants import FOV_CLAMP, SH_C0, SH_C1, SH_C2, SH_C3
+from ...constants import TILE_SIZE as TILE
+
 NPIX = TILE * TILE
 _JIT = dict(cache=True, fastmath=False, nogil=True, error_model="numpy")
 
-SH_C0 = 0.28209479177387814
-SH_C1 = 0.4886025119029199
-SH_C2_0, SH_C2_1, SH_C2_2, SH_C2_3, SH_C2_4 = (
-    1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792, 0.5462742152960396,
-)
-SH_C3_0, SH_C3_1, SH_C3_2, SH_C3_3, SH_C3_4, SH_C3_5, SH_C3_6 = (
-    -0.5900435899266435, 2.890611442640554, -0.4570457994644658, 0.3731763325901154,
-    -0.4570457994644658, 1.445305721320277, -0.5900435899266435,
-)
+# Unpacked to scalars: Numba folds module-level floats into the compiled code as constants.
+SH_C2_0, SH_C2_1, SH_C2_2, SH_C2_3, SH_C2_4 = SH_C2
+SH_C3_0, SH_C3_1, SH_C3_2, SH_C3_3, SH_C3_4, SH_C3_5, SH_C3_6 = SH_C3
 
 # Slot layout of the per-intersection gradients: d/d[mx, my, A, B, C, opacity, f_0..f_{C-1}].
 SLOT_FEATURES = 6
@@ -207,10 +203,10 @@ def project_forward(
     n = means.shape[0]
     tiles_x = (width + TILE - 1) // TILE
     tiles_y = (height + TILE - 1) // TILE
-    lim_x_pos = 1.3 * (width - cx) / fx
-    lim_x_neg = 1.3 * cx / fx
-    lim_y_pos = 1.3 * (height - cy) / fy
-    lim_y_neg = 1.3 * cy / fy
+    lim_x_pos = FOV_CLAMP * (width - cx) / fx
+    lim_x_neg = FOV_CLAMP * cx / fx
+    lim_y_pos = FOV_CLAMP * (height - cy) / fy
+    lim_y_neg = FOV_CLAMP * cy / fy
     w00, w01, w02, t0 = viewmat[0, 0], viewmat[0, 1], viewmat[0, 2], viewmat[0, 3]
     w10, w11, w12, t1 = viewmat[1, 0], viewmat[1, 1], viewmat[1, 2], viewmat[1, 3]
     w20, w21, w22, t2 = viewmat[2, 0], viewmat[2, 1], viewmat[2, 2], viewmat[2, 3]
@@ -340,10 +336,10 @@ def project_backward(
     g_sh0 and g_shN must be zero-initialised (coefficients above sh_degree get no gradient).
     """
     n = means.shape[0]
-    lim_x_pos = 1.3 * (width - cx) / fx
-    lim_x_neg = 1.3 * cx / fx
-    lim_y_pos = 1.3 * (height - cy) / fy
-    lim_y_neg = 1.3 * cy / fy
+    lim_x_pos = FOV_CLAMP * (width - cx) / fx
+    lim_x_neg = FOV_CLAMP * cx / fx
+    lim_y_pos = FOV_CLAMP * (height - cy) / fy
+    lim_y_neg = FOV_CLAMP * cy / fy
     w00, w01, w02, t0 = viewmat[0, 0], viewmat[0, 1], viewmat[0, 2], viewmat[0, 3]
     w10, w11, w12, t1 = viewmat[1, 0], viewmat[1, 1], viewmat[1, 2], viewmat[1, 3]
     w20, w21, w22, t2 = viewmat[2, 0], viewmat[2, 1], viewmat[2, 2], viewmat[2, 3]

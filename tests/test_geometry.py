@@ -1,0 +1,65 @@
+"""geometry.py: quaternions, covariances and the orientation of a capture."""
+
+import math
+
+import torch
+
+from splatlab.camera import Camera
+from splatlab.geometry import (
+    quat_multiply,
+    quat_scale_to_covar,
+    quat_to_rotmat,
+    rotation_to_z_up,
+    rotmat_to_quat,
+    slerp,
+    up_from_cameras,
+)
+
+
+def test_rotmat_quat_round_trip_in_every_branch():
+    gen = torch.Generator().manual_seed(0)
+    q = torch.nn.functional.normalize(torch.randn(500, 4, generator=gen, dtype=torch.float64), dim=-1)
+    q = torch.where(q[:, :1] < 0, -q, q)
+    # Near-180-degree turns (w ~ 0) exercise the branches that do not divide by the trace.
+    q[:3] = torch.tensor([[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [1e-9, 0.0, 0.0, 1.0]], dtype=torch.float64)
+    q = torch.nn.functional.normalize(q, dim=-1)
+    back = rotmat_to_quat(quat_to_rotmat(q))
+    assert torch.allclose(back, q, atol=1e-12) or torch.allclose(
+        quat_to_rotmat(back), quat_to_rotmat(q), atol=1e-12
+    )
+    assert torch.allclose(quat_to_rotmat(back), quat_to_rotmat(q), atol=1e-12)
+
+
+def test_quat_multiply_composes_rotations_and_covariance_is_r_s2_rt():
+    gen = torch.Generator().manual_seed(1)
+    a, b = torch.randn(2, 10, 4, generator=gen, dtype=torch.float64)
+    a, b = torch.nn.functional.normalize(a, dim=-1), torch.nn.functional.normalize(b, dim=-1)
+    assert torch.allclose(quat_to_rotmat(quat_multiply(a, b)), quat_to_rotmat(a) @ quat_to_rotmat(b), atol=1e-12)
+    s = torch.rand(10, 3, generator=gen, dtype=torch.float64) + 0.1
+    r = quat_to_rotmat(a)
+    assert torch.allclose(quat_scale_to_covar(a, s), r @ torch.diag_embed(s**2) @ r.transpose(-1, -2), atol=1e-12)
+
+
+def test_slerp_halfway_is_half_the_angle():
+    q0 = torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=torch.float64)
+    q1 = torch.tensor([math.cos(0.5), 0.0, 0.0, math.sin(0.5)], dtype=torch.float64)  # 1 rad about z
+    half = slerp(q0, q1, 0.5)
+    assert torch.allclose(half, torch.tensor([math.cos(0.25), 0, 0, math.sin(0.25)], dtype=torch.float64))
+
+
+def test_up_from_cameras_finds_a_tilted_world_up():
+    tilt = quat_to_rotmat(torch.tensor([[math.cos(0.3), math.sin(0.3), 0.0, 0.0]], dtype=torch.float64))[0]
+    true_up = tilt @ torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+    cams = []
+    for k in range(8):  # a ring of upright cameras looking at the origin, in a tilted world
+        t = 2 * math.pi * k / 8
+        eye = tilt @ torch.tensor([3 * math.cos(t), 3 * math.sin(t), 0.5], dtype=torch.float64)
+        cams.append(Camera.look_at(eye.tolist(), (0, 0, 0), true_up.tolist(), width=32, height=32))
+    up = up_from_cameras([c.c2w for c in cams])
+    assert torch.allclose(up, true_up, atol=0.05)
+    r = rotation_to_z_up(up)
+    assert torch.allclose(r @ up, torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(r @ r.T, torch.eye(3, dtype=torch.float64), atol=1e-12)
+    flipped = rotation_to_z_up(torch.tensor([0.0, 0.0, -1.0]))
+    assert torch.allclose(flipped @ torch.tensor([0.0, 0.0, -1.0], dtype=torch.float64),
+                          torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))
