@@ -353,3 +353,22 @@ def test_gaussians_from_points_uses_nearest_neighbour_scales():
     assert r.means.min() >= -1 and r.means.max() <= 1 and len(r) == 1000
     with pytest.raises(ValueError, match="empty"):
         Gaussians.from_points(torch.zeros(0, 3))
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_render_depth_off_gives_the_same_image_and_no_depth(backend):
+    gaussians = random_scene(200, sh_degree=1, seed=3)
+    camera = camera_at_origin(48, 40)
+    with_depth = rasterize(gaussians, camera, RenderSettings(backend=backend))
+    without = rasterize(gaussians, camera, RenderSettings(backend=backend, render_depth=False))
+    assert without.depth is None and with_depth.depth is not None
+    assert torch.allclose(without.image, with_depth.image, atol=1e-6)
+    assert torch.allclose(without.alpha, with_depth.alpha, atol=1e-6)
+
+
+def test_with_sh_degree_drops_bands_and_refuses_to_add_them():
+    g = random_scene(5, sh_degree=3)
+    assert g.with_sh_degree(1).shN.shape == (5, 3, 3) and g.with_sh_degree(0).shN.shape == (5, 0, 3)
+    assert torch.equal(g.with_sh_degree(2).shN, g.shN[:, :8])
+    with pytest.raises(ValueError, match="cannot raise"):
+        g.with_sh_degree(1).with_sh_degree(2)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import tyro
 
+from .render.settings import Backend
 from .train.config import TrainConfig
 
 
@@ -137,7 +138,7 @@ class Render:
     """Override the image width (the height follows the aspect ratio)."""
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
     """Background colour."""
-    backend: Literal["auto", "reference", "cpu"] = "auto"
+    backend: Backend = "auto"
     """Renderer backend."""
     video: bool = True
     """Also write an MP4 of the frames."""
@@ -223,7 +224,7 @@ class Eval:
     """Background (default: the dataset's, e.g. white for Blender; else black)."""
     output: Optional[Path] = None
     """Write the metrics as JSON here."""
-    backend: Literal["auto", "reference", "cpu"] = "auto"
+    backend: Backend = "auto"
 
     def run(self) -> int:
         from .data import load_scene

@@ -68,6 +68,7 @@ from .camera import Camera
 from .gaussians import Gaussians, nearest_neighbour_rms
 from .io.images import save_png, to_uint8
 from .render import RenderSettings, rasterize
+from .render.settings import Backend
 from .sh import SH_C0, rgb_to_sh0
 
 __all__ = [
@@ -141,7 +142,7 @@ class Fit2DConfig:
     """Frames per second of the animation."""
     output: Optional[Path] = None
     """Output folder (created); None = write nothing, just return the result."""
-    backend: Literal["auto", "reference", "cpu"] = "auto"
+    backend: Backend = "auto"
     """Renderer backend (auto = the compiled CPU kernels on CPU)."""
     num_threads: Optional[int] = None
     """CPU threads for the renderer; None = torch's setting."""

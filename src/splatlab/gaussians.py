@@ -137,6 +137,16 @@ class Gaussians:
             value.requires_grad_(flag)
         return self
 
+    def with_sh_degree(self, degree: int) -> "Gaussians":
+        """A copy that keeps the SH bands up to `degree` (dropping higher ones; never adds any)."""
+        if degree not in (0, 1, 2, 3):
+            raise ValueError(f"SH degree must be 0, 1, 2 or 3, got {degree}")
+        if degree > self.sh_degree:
+            raise ValueError(f"cannot raise the SH degree from {self.sh_degree} to {degree}: the bands do not exist")
+        k = num_sh_bases(degree)
+        return Gaussians(self.means, self.quats, self.log_scales, self.logit_opacities, self.sh0,
+                         self.shN[:, : k - 1].contiguous())
+
     def __getitem__(self, index) -> "Gaussians":
         """Select Gaussians with a mask, index tensor or slice."""
         return self.map(lambda t: t[index])

@@ -259,7 +259,9 @@ def rasterize_reference(gaussians: Gaussians, camera: Camera, settings: RenderSe
     opacities = gaussians.opacities * proj.compensation  # [N]
 
     binning = bin_gaussians(proj.means2d, proj.radii, proj.depths, camera.width, camera.height)
-    features = torch.cat([colors, proj.depths.unsqueeze(-1)], dim=-1)  # [N, 4]: rgb, depth
+    features = colors  # [N, 3] (+ depth: [N, 4]) the channels to composite
+    if settings.render_depth:
+        features = torch.cat([colors, proj.depths.unsqueeze(-1)], dim=-1)
     absgrad = None
     if settings.absgrad and proj.means2d.requires_grad:
         absgrad = torch.zeros_like(proj.means2d.detach())
@@ -273,11 +275,14 @@ def rasterize_reference(gaussians: Gaussians, camera: Camera, settings: RenderSe
 def finish_output(
     accum: torch.Tensor, t_final: torch.Tensor, proj: Projection, binning: Binning, settings: RenderSettings
 ) -> RenderOutput:
-    """Background, alpha and expected depth from the composited [H, W, 4] (rgb, depth) sums."""
+    """Background, alpha and expected depth from the composited [H, W, 4] (rgb, depth) sums
+    (or [H, W, 3] rgb sums when depth was not composited)."""
     background = torch.as_tensor(settings.background, dtype=accum.dtype, device=accum.device)
     alpha = (1.0 - t_final).unsqueeze(-1)  # [H, W, 1]
     image = accum[..., :3] + t_final.unsqueeze(-1) * background  # [H, W, 3]
-    depth = accum[..., 3:4] / alpha.clamp_min(1e-10)  # [H, W, 1]; 0 where nothing was drawn
+    depth = None
+    if accum.shape[-1] > 3:
+        depth = accum[..., 3:4] / alpha.clamp_min(1e-10)  # [H, W, 1]; 0 where nothing was drawn
     return RenderOutput(
         image=image,
         alpha=alpha,

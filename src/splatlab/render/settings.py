@@ -9,7 +9,8 @@ import torch
 
 from ..constants import EPS2D, FAR_PLANE, NEAR_PLANE, TILE_SIZE  # noqa: F401  (TILE_SIZE re-exported)
 
-Backend = Literal["auto", "reference", "cpu"]
+Backend = Literal["auto", "reference", "cpu", "triton"]  # the one place backends are named
+BACKENDS: tuple[str, ...] = Backend.__args__
 
 
 @dataclass
@@ -17,8 +18,9 @@ class RenderSettings:
     """How to render. Defaults follow the 3DGS rasterizer."""
 
     backend: Backend = "auto"
-    """'reference' (pure PyTorch, autograd), 'cpu' (compiled Numba kernels), or 'auto'
-    (cpu for CPU tensors when available, else reference)."""
+    """'reference' (pure PyTorch, autograd), 'cpu' (compiled Numba kernels), 'triton' (GPU
+    kernels, compiled just in time), or 'auto' (cpu for CPU tensors, triton for CUDA tensors
+    when Triton is installed, else reference)."""
     background: tuple[float, float, float] = (0.0, 0.0, 0.0)
     """Colour behind the Gaussians: C = sum c_i a_i T_i + T_final * background."""
     sh_degree: Optional[int] = None
@@ -34,13 +36,16 @@ class RenderSettings:
     small Gaussians are not inflated by the low-pass filter."""
     num_threads: Optional[int] = None
     """Threads for the CPU backend; None = torch.get_num_threads()."""
+    render_depth: bool = True
+    """Also composite the expected depth. Training turns it off unless a depth loss needs it:
+    it is one of the four composited channels. When off, `RenderOutput.depth` is None."""
     absgrad: bool = False
     """Also accumulate, per Gaussian, the sum over pixels of |dL/dmeans2d| (AbsGS-style
     densification); after backward it is readable as `output.means2d.absgrad` [N, 2]."""
 
     def validate(self) -> None:
-        if self.backend not in ("auto", "reference", "cpu"):
-            raise ValueError(f"unknown backend {self.backend!r}: expected 'auto', 'reference' or 'cpu'")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown backend {self.backend!r}: expected one of {', '.join(BACKENDS)}")
         if len(tuple(self.background)) != 3:
             raise ValueError(f"background must be 3 floats (RGB), got {self.background!r}")
         if not 0.0 < self.near_plane < self.far_plane:
@@ -59,7 +64,8 @@ class RenderOutput:
 
     image: torch.Tensor  # [H, W, 3] RGB, background composited
     alpha: torch.Tensor  # [H, W, 1] accumulated opacity, 1 - T_final
-    depth: torch.Tensor  # [H, W, 1] expected camera-space depth, sum(w_i z_i) / alpha (0 where alpha = 0)
+    depth: Optional[torch.Tensor]  # [H, W, 1] expected camera-space depth, sum(w_i z_i) / alpha
+    # (0 where alpha = 0); None when settings.render_depth is False
     means2d: torch.Tensor  # [N, 2] projected centres in pixels; .grad is readable after backward
     radii: torch.Tensor  # [N] int32 3-sigma radius in pixels, 0 = not rendered
     visible: torch.Tensor  # [N] bool, the Gaussian touches at least one tile of the image

@@ -13,6 +13,7 @@ from typing import Annotated, Literal, Optional
 
 import tyro
 
+from ..render.settings import Backend
 from .init import InitRegion
 from .strategy import DefaultStrategyConfig, MCMCStrategyConfig
 
@@ -69,7 +70,7 @@ class TrainConfig:
     max_minutes: Optional[float] = None
     """Wall-clock budget: the schedule (lr decay, densification, SH ramp) is scaled to the
     iterations that fit, estimated from the measured speed, and the run ends cleanly."""
-    backend: Literal["auto", "reference", "cpu"] = "auto"
+    backend: Backend = "auto"
     """Renderer backend (auto = cpu kernels on CPU)."""
     device: str = "cpu"
     """Torch device for parameters and rendering."""

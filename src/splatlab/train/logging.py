@@ -11,7 +11,7 @@ import json
 import time
 from pathlib import Path
 
-from .trainer import EndEvent, EvalEvent, Event, SnapshotEvent, StepEvent
+from .events import EndEvent, EvalEvent, Event, SnapshotEvent, StepEvent
 
 
 class JsonlLogger:

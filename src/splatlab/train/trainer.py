@@ -35,6 +35,7 @@ from ..losses import photometric_loss
 from ..metrics import LPIPS, evaluate_views, psnr
 from ..render import RenderSettings, rasterize
 from .config import TrainConfig
+from .events import EndEvent, EvalEvent, Event, SnapshotEvent, StepEvent  # noqa: F401  (re-exported)
 from .init import random_init, resolve_region
 from .optim import as_parameters, make_optimizers, means_lr_at
 from .strategy import DefaultStrategy, DefaultStrategyConfig, MCMCStrategy, Strategy
@@ -48,44 +49,6 @@ REPLAN_MIN_STEPS = 20  # ... and at least this many steps apart
 
 class TrainingError(RuntimeError):
     """Training cannot go on (diverged, bad output folder, bad checkpoint)."""
-
-
-# ---- events ----------------------------------------------------------------------------------
-
-
-@dataclass
-class StepEvent:
-    step: int  # iterations done
-    total: int
-    loss: float
-    psnr: float
-    num_gaussians: int
-    its_per_sec: float
-    elapsed: float  # seconds of training so far (resumed runs include earlier sessions)
-    messages: list[str] = field(default_factory=list)  # densification events this step
-
-
-@dataclass
-class EvalEvent:
-    step: int
-    metrics: dict
-
-
-@dataclass
-class SnapshotEvent:
-    step: int
-    gaussians: Gaussians  # detached copy
-    ply_path: Optional[Path]
-
-
-@dataclass
-class EndEvent:
-    step: int
-    reason: str  # "completed" | "time budget"
-    output: Path
-
-
-Event = Union[StepEvent, EvalEvent, SnapshotEvent, EndEvent]
 
 
 @dataclass

@@ -67,7 +67,7 @@ def rasterize_cpu(gaussians: Gaussians, camera: Camera, settings: RenderSettings
     return RenderOutput(
         image=image,  # [H, W, 3]
         alpha=alpha,  # [H, W, 1]
-        depth=depth,  # [H, W, 1]
+        depth=depth if settings.render_depth else None,  # [H, W, 1]
         means2d=means2d,  # [N, 2]
         radii=radii,  # [N] int32
         visible=radii > 0,  # [N] bool
