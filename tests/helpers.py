@@ -60,3 +60,25 @@ def random_scene(
         sh0=torch.randn(n, 1, 3, generator=g, dtype=dtype) * 0.5,
         shN=torch.randn(n, k - 1, 3, generator=g, dtype=dtype) * 0.2,
     )
+
+
+def write_demo_blender(root: Path, num_views: int = 12, size: int = 32, test_every: int = 4) -> Path:
+    """A tiny Blender-layout dataset (RGBA PNGs + transforms_*.json) of the ray-cast demo scene."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from splatlab.demo_scene import make_demo_scene
+
+    scene = make_demo_scene(num_views=num_views, size=size, test_every=test_every)
+    for split, views in (("train", scene.train), ("test", scene.test)):
+        frames = []
+        for i, view in enumerate(views):
+            (root / split).mkdir(parents=True, exist_ok=True)
+            rgba = np.concatenate([view.image.numpy(), np.full((size, size, 1), 255, np.uint8)], axis=-1)
+            Image.fromarray(rgba).save(root / split / f"r_{i}.png")
+            frames.append({"file_path": f"./{split}/r_{i}", "transform_matrix": view.camera.to_opengl_c2w().tolist()})
+        fov = 2 * math.atan(0.5 * size / views[0].camera.fx)
+        (root / f"transforms_{split}.json").write_text(json.dumps({"camera_angle_x": fov, "frames": frames}))
+    return root

@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import write_demo_blender  # noqa: E402
+
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
@@ -27,20 +29,7 @@ def splatlab(*args, cwd=None, timeout=300) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def blender_dataset(tmp_path_factory) -> Path:
     """A tiny Blender-layout dataset made from the ray-cast demo scene."""
-    from splatlab.demo_scene import make_demo_scene
-
-    root = tmp_path_factory.mktemp("data") / "demo32"
-    scene = make_demo_scene(num_views=12, size=32, test_every=4)
-    for split, views in (("train", scene.train), ("test", scene.test)):
-        frames = []
-        for i, view in enumerate(views):
-            (root / split).mkdir(parents=True, exist_ok=True)
-            rgba = np.concatenate([view.image.numpy(), np.full((32, 32, 1), 255, np.uint8)], axis=-1)
-            Image.fromarray(rgba).save(root / split / f"r_{i}.png")
-            frames.append({"file_path": f"./{split}/r_{i}", "transform_matrix": view.camera.to_opengl_c2w().tolist()})
-        fov = 2 * math.atan(0.5 * 32 / views[0].camera.fx)
-        (root / f"transforms_{split}.json").write_text(json.dumps({"camera_angle_x": fov, "frames": frames}))
-    return root
+    return write_demo_blender(tmp_path_factory.mktemp("data") / "demo32")
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +70,12 @@ def test_bad_arguments_exit_2_and_bad_data_exits_1(tmp_path):
     (tmp_path / "empty").mkdir()
     r = splatlab("train", tmp_path / "empty", "--output", tmp_path / "o", "--no-progress")
     assert r.returncode == 1 and "empty" in r.stderr
-    r = splatlab("train")
-    assert r.returncode == 1 and "missing DATA" in r.stderr
+    r = splatlab("train")  # changed on purpose (issue 10): a missing argument exits 2
+    assert r.returncode == 2 and "missing DATA" in r.stderr
+    for bad in (["--iterations", "-5"], ["--max-minutes", "0"], ["--optim.means-lr", "nan"]):
+        r = splatlab("train", tmp_path / "empty", "--output", tmp_path / "bad", *bad)
+        assert r.returncode == 2 and r.stderr.count("error:") == 1, (bad, r.stderr)
+        assert not (tmp_path / "bad").exists()
 
 
 def test_eval_prints_a_table(trained, blender_dataset):
@@ -96,13 +89,16 @@ def test_render_orbit_and_test_views(trained, tmp_path):
     r = splatlab("render", trained, "--frames", 6, "--output", tmp_path / "orbit")
     assert r.returncode == 0, r.stderr
     assert len(list((tmp_path / "orbit").glob("*.png"))) == 6
-    assert (tmp_path / "orbit" / "video.mp4").stat().st_size > 1000
+    assert (tmp_path / "orbit" / "orbit.mp4").stat().st_size > 1000  # named as the demo's
+    assert str(tmp_path / "orbit" / "orbit.mp4") in r.stdout
     r = splatlab("render", trained, "--camera-path", "test", "--output", tmp_path / "test", "--no-video")
     assert r.returncode == 0, r.stderr
     frames = sorted((tmp_path / "test").glob("*.png"))
     assert len(frames) == 3 and Image.open(frames[0]).size == (64, 32)
     r = splatlab("render", trained, "--frames", 6, "--output", tmp_path / "orbit")
     assert r.returncode == 1 and "--force" in r.stderr
+    r = splatlab("render", trained, "--frames", 0, "--output", tmp_path / "none")
+    assert r.returncode == 2 and not (tmp_path / "none").exists()
 
 
 def test_export_every_format(trained, tmp_path):
@@ -182,4 +178,6 @@ def test_help_shows_defaults():
     for cmd in ("train", "render", "eval", "export", "view", "fit2d", "demo"):
         r = splatlab(cmd, "--help")
         assert r.returncode == 0 and "usage" in r.stdout.lower(), cmd
-    assert "(default: 30000)" in splatlab("train", "--help").stdout
+    wide = subprocess.run([sys.executable, "-m", "splatlab.cli", "train", "--help"], capture_output=True,
+                          text=True, env={**ENV, "COLUMNS": "200"}).stdout
+    assert "(default: 30000)" in wide

@@ -13,7 +13,8 @@ from splatlab import Camera
 from splatlab.data.scene import Scene, View
 from splatlab.train.config import TrainConfig
 from splatlab.train.init import random_init, resolve_region
-from splatlab.train.trainer import Trainer
+from splatlab.train.events import MessageEvent
+from splatlab.train.run import Run
 
 RADIUS = 0.5  # a ball at the origin, red, seen over white
 RED = (200, 30, 30)
@@ -105,9 +106,11 @@ def test_training_starts_inside_the_hull(tmp_path):
     scene.test = scene.train[:2]
     cfg = TrainConfig(output=tmp_path / "run", iterations=5, init_num_random=500, sh_degree=0, progress=False,
                       save_renders=False, save_at=(), eval_at=())
-    trainer = Trainer(cfg, scene)
+    trainer = Run(cfg, scene)
+    said = []
+    trainer.subscribe(lambda e: said.append(e.text) if isinstance(e, MessageEvent) else None)
     result = trainer.train()
-    assert trainer.init_region_used == "hull"
+    assert any("initial Gaussians from hull" in text for text in said)
     assert len(result.gaussians) == 500 and result.gaussians.means.norm(dim=-1).max() < 1.25 * RADIUS
     with pytest.raises(ValueError, match="no point cloud"):
-        Trainer(replace(cfg, init_region="points", output=tmp_path / "b"), scene).train()
+        Run(replace(cfg, init_region="points", output=tmp_path / "b"), scene).train()

@@ -384,7 +384,10 @@ def test_no_refinement_outside_the_window_and_absgrad_needs_the_renderer():
 
 def test_scaled_configs():
     cfg = DefaultStrategyConfig(refine_start=0).scaled(0.01)
-    assert (cfg.refine_start, cfg.refine_stop, cfg.refine_every, cfg.reset_every) == (0, 150, 1, 30)
+    # A compressed schedule keeps its floors: refine every >= 20 steps, resets >= 1000 apart.
+    assert (cfg.refine_start, cfg.refine_stop, cfg.refine_every, cfg.reset_every) == (20, 150, 20, 1000)
+    assert DefaultStrategyConfig().scaled(0.1).reset_every == 1000 and DefaultStrategyConfig().scaled(1.0).reset_every == 3000
+    assert DefaultStrategyConfig(refine_every=5).scaled(0.5).refine_every == 5  # never raised above its own value
     assert cfg.grad_threshold is None and cfg.prune_opacity == 0.005
     m = MCMCStrategyConfig().scaled(2.0)
     assert (m.refine_start, m.refine_stop, m.refine_every, m.cap_max) == (1000, 50_000, 200, 1_000_000)

@@ -30,7 +30,7 @@ pytest.importorskip("viser", reason="the viewer needs viser: pip install 'viser>
 
 from splatlab.gaussians import Gaussians  # noqa: E402
 from splatlab.io import write_ply  # noqa: E402
-from splatlab.train.trainer import EndEvent, EvalEvent, SnapshotEvent, StepEvent  # noqa: E402
+from splatlab.train.events import EndEvent, EvalEvent, SnapshotEvent, StepEvent  # noqa: E402
 from splatlab.viewer import Viewer, float16_scale_for, splat_arrays, view_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

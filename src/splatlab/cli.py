@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import sys
+import warnings
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Annotated, Literal, Optional
@@ -22,7 +23,7 @@ import torch
 import tyro
 
 from .render.settings import Backend
-from .train.config import TrainConfig
+from .train.config import ConfigError, TrainConfig
 
 
 class CLIError(Exception):
@@ -59,6 +60,17 @@ def _load_model(path: Path):
     return read_model(model), model, run
 
 
+def _background_of_run(run: Optional[Path], scene=None) -> tuple[float, float, float]:
+    """What a model was trained over: the dataset's background (white for Blender), else the
+    run's --render.background, else black (3DGS's default for real captures)."""
+    if scene is not None and scene.background is not None:
+        return tuple(scene.background)
+    if run is not None and (run / "config.json").exists():
+        saved = json.loads((run / "config.json").read_text())
+        return tuple(saved.get("render", {}).get("background", (0.0, 0.0, 0.0)))
+    return (0.0, 0.0, 0.0)
+
+
 def _dataset_of_run(run: Optional[Path]) -> Optional[Path]:
     if run is None or not (run / "config.json").exists():
         return None
@@ -70,48 +82,71 @@ def _dataset_of_run(run: Optional[Path]) -> Optional[Path]:
 
 
 @dataclass
-class Train(TrainConfig):
+class Train:
     """Train Gaussians on a dataset (COLMAP, Blender, nerfstudio/instant-ngp, or a folder of photos)."""
 
+    config: Annotated[TrainConfig, tyro.conf.arg(name="")] = field(default_factory=TrainConfig)
     resume: bool = False
-    """Continue the run in --output from its last checkpoint (with the run's own config)."""
+    """Continue the run in --output (default outputs/<dataset>) from its last checkpoint, with
+    the run's own settings; a folder without a checkpoint yet starts the run afresh."""
     force: bool = False
-    """Overwrite an existing output folder."""
+    """Replace an existing output folder."""
     viewer: bool = False
     """Follow training live in the web viewer."""
     viewer_port: int = 8080
     """Port of the live viewer."""
 
     def run(self) -> int:
-        from .train.trainer import Trainer
-
-        cfg = TrainConfig(**{f.name: getattr(self, f.name) for f in fields(TrainConfig)})
-        if self.resume and cfg.output is None:
-            raise CLIError("--resume needs --output: the folder of the run to continue")
-        if self.resume:
-            saved = cfg.output / "config.json"
-            if not saved.exists():
-                raise CLIError(f"cannot resume: {saved} does not exist")
-            cfg = TrainConfig.from_dict(json.loads(saved.read_text()))
-        if cfg.data.path is None:
-            raise CLIError("missing DATA: splatlab train PATH/TO/DATASET (see splatlab train --help)")
-        if cfg.output is None:
-            cfg = replace(cfg, output=Path("outputs") / cfg.data.path.resolve().name)
-        trainer = Trainer(cfg)
+        from .train.console import ConsoleReporter
         from .train.logging import default_loggers
+        from .train.outputs import RunFolder
+        from .train.run import Run
 
-        for logger in default_loggers(trainer.output):
-            trainer.subscribe(logger)
+        cfg = self.resolve_config()
+        RunFolder(cfg.output).check(self.resume, self.force)  # before the dataset loads
+        scene = load_training_scene(cfg)
+        run = Run(cfg, scene)
+        run.subscribe(ConsoleReporter(progress=cfg.progress))
+        for logger in default_loggers(run.output):
+            run.subscribe(logger)
         if self.viewer:
             from .viewer import Viewer
 
-            Viewer(port=self.viewer_port).attach(trainer)
-        result = trainer.train(resume=self.resume, force=self.force)
+            Viewer(port=self.viewer_port).attach(run)
+        result = run.train(resume=self.resume, force=self.force)
         m = result.metrics
         print(f"{result.reason} after {result.step} iterations: {len(result.gaussians)} Gaussians, "
               f"test PSNR {m.get('psnr', float('nan')):.2f} dB, SSIM {m.get('ssim', float('nan')):.4f}")
         print(f"output: {result.output}")
         return 0
+
+    def resolve_config(self) -> TrainConfig:
+        """The run's config, one way: a resumed folder's own config.json, else the command line."""
+        from .train.config import ConfigError
+        from .train.outputs import RunFolder
+
+        cfg = self.config
+        if cfg.output is None and cfg.data.path is not None:
+            cfg = replace(cfg, output=Path("outputs") / cfg.data.path.resolve().name)
+        if self.resume:
+            if cfg.output is None:
+                raise ConfigError("--resume needs --output (or DATA): the folder of the run to continue")
+            saved = RunFolder(cfg.output).saved_config()
+            if saved is not None:
+                cfg = replace(TrainConfig.from_dict(saved), output=cfg.output, progress=cfg.progress)
+        if cfg.data.path is None:
+            raise ConfigError("missing DATA: splatlab train PATH/TO/DATASET (see splatlab train --help)")
+        cfg.validate()
+        return cfg
+
+
+def load_training_scene(cfg: TrainConfig):
+    """config -> scene: the dataset as the config says to load it."""
+    from .data import load_scene
+
+    data = cfg.data
+    return load_scene(data.path, downscale=data.downscale, test_every=data.test_every,
+                      eval_split=data.eval_split, device=cfg.device if data.images_on_device else None)
 
 
 # ---- render ------------------------------------------------------------------------------------
@@ -136,8 +171,8 @@ class Render:
     """Frame rate of the MP4."""
     width: Optional[int] = None
     """Override the image width (the height follows the aspect ratio)."""
-    background: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    """Background colour."""
+    background: Optional[tuple[float, float, float]] = None
+    """Background colour (default: the one the model was trained over, else black)."""
     backend: Backend = "auto"
     """Renderer backend."""
     video: bool = True
@@ -150,6 +185,8 @@ class Render:
         from .io import save_png, to_uint8
         from .render import RenderSettings, rasterize
 
+        if self.frames < 1 or self.fps < 1 or (self.width is not None and self.width < 2):
+            raise ConfigError(f"--frames and --fps must be >= 1 and --width >= 2, got {self.frames}, {self.fps}, {self.width}")
         gaussians, ply, run = _load_model(self.model)
         data = self.data or _dataset_of_run(run)
         scene = None
@@ -174,7 +211,8 @@ class Render:
             cameras = [c.scaled(self.width / c.width) for c in cameras]
         base = run if run is not None else ply.parent
         out = _prepare_output(self.output or base / "renders" / self.camera_path, self.force)
-        settings = RenderSettings(backend=self.backend, background=self.background)
+        background = self.background or _background_of_run(run, scene)
+        settings = RenderSettings(backend=self.backend, background=background)
         from tqdm.auto import tqdm
 
         frames = []
@@ -186,9 +224,11 @@ class Render:
             frame = to_uint8(image)
             save_png(out / f"{i:04d}.png", frame)
             frames.append(frame)
-        if self.video and len(frames) > 1:
-            _write_video(out / "video.mp4", frames, self.fps)
         print(f"wrote {len(frames)} frames to {out}")
+        if self.video and len(frames) > 1:
+            video = out / f"{self.camera_path}.mp4"
+            _write_video(video, frames, self.fps)
+            print(f"wrote {video}")
         return 0
 
 
@@ -238,7 +278,7 @@ class Eval:
         scene = load_scene(data, downscale=self.downscale, eval_split=self.split, verbose=False)
         if not scene.test:
             raise CLIError(f"{data} has no test views to evaluate on")
-        bg = self.background or scene.background or (0.0, 0.0, 0.0)
+        bg = self.background or _background_of_run(run, scene)
         settings = RenderSettings(backend=self.backend, background=tuple(bg))
         lpips = LPIPS()
         result = evaluate_views(gaussians, scene.test, settings, lpips)
@@ -371,18 +411,21 @@ class Demo:
         from .demo_scene import demo_train_config, make_demo_scene
         from .io import to_uint8
         from .render import RenderSettings, rasterize
-        from .train.trainer import Trainer
+        from .train.console import ConsoleReporter
+        from .train.run import Run
 
         scene = make_demo_scene(num_views=self.views, size=self.size)
         print(f"demo scene: {len(scene.train)} training and {len(scene.test)} test views "
               f"of {scene.train[0].width}x{scene.train[0].height}, rendered by a ray caster")
         # A short schedule made for this scene; the time budget stops it cleanly on slow machines.
         cfg = demo_train_config(self.output, iterations=self.iterations, max_minutes=self.minutes)
-        result = Trainer(cfg, scene).train(force=self.force)
+        run = Run(cfg, scene)
+        run.subscribe(ConsoleReporter(progress=cfg.progress))
+        result = run.train(force=self.force)
         frames = []
         for cam in orbit_from_cameras([v.camera for v in scene.train], 60 if self.views >= 16 else 8):
             with torch.no_grad():
-                image = rasterize(result.gaussians, cam, RenderSettings(background=(1, 1, 1))).image
+                image = rasterize(result.gaussians, cam, RenderSettings(background=run.background)).image
             frames.append(to_uint8(image))
         _write_video(self.output / "orbit.mp4", frames, fps=20)
         m = result.metrics
@@ -404,7 +447,12 @@ COMMANDS = {
 }
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {message}", file=file or sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.showwarning = _show_warning  # `warning: ...` lines, not Python's source-line format
     command = tyro.extras.subcommand_cli_from_dict(
         COMMANDS, prog="splatlab", description="3D Gaussian Splatting in Python.", args=argv
     )
@@ -413,6 +461,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except ConfigError as exc:  # a setting that cannot work: a bad argument
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except (CLIError, ValueError, FileNotFoundError, RuntimeError, OSError) as exc:
         if os.environ.get("SPLATLAB_DEBUG"):
             raise

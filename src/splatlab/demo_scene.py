@@ -464,7 +464,7 @@ def demo_train_config(output=None, iterations: int = 600, **overrides):
         output=None if output is None else Path(output),
         iterations=iterations,
         sh_degree_interval=max(1, iterations // 6),
-        default_strategy=strategy,
+        strategy=strategy,
         save_at=(iterations,),
         eval_at=(iterations,),
         checkpoint_every=iterations,

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
 import torch
+import tyro
 
 from ..constants import EPS2D, FAR_PLANE, NEAR_PLANE, TILE_SIZE  # noqa: F401  (TILE_SIZE re-exported)
 
@@ -23,7 +24,8 @@ class RenderSettings:
     when Triton is installed, else reference)."""
     background: tuple[float, float, float] = (0.0, 0.0, 0.0)
     """Colour behind the Gaussians: C = sum c_i a_i T_i + T_final * background."""
-    sh_degree: Optional[int] = None
+    # Per-render fields, hidden from command lines that embed these settings (training sets them).
+    sh_degree: Annotated[Optional[int], tyro.conf.Suppress] = None
     """SH degree to evaluate (the training ramp lowers it); None = all the model has."""
     near_plane: float = NEAR_PLANE
     """Gaussians whose camera-space depth is below this are culled."""
@@ -36,10 +38,10 @@ class RenderSettings:
     small Gaussians are not inflated by the low-pass filter."""
     num_threads: Optional[int] = None
     """Threads for the CPU backend; None = torch.get_num_threads()."""
-    render_depth: bool = True
+    render_depth: Annotated[bool, tyro.conf.Suppress] = True
     """Also composite the expected depth. Training turns it off unless a depth loss needs it:
     it is one of the four composited channels. When off, `RenderOutput.depth` is None."""
-    absgrad: bool = False
+    absgrad: Annotated[bool, tyro.conf.Suppress] = False
     """Also accumulate, per Gaussian, the sum over pixels of |dL/dmeans2d| (AbsGS-style
     densification); after backward it is readable as `output.means2d.absgrad` [N, 2]."""
 

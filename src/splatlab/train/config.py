@@ -2,20 +2,33 @@
 
 One dataclass per concern; the CLI is generated from these, and `config.json` in every output
 folder is written from them (and read back with `TrainConfig.from_dict`, never `eval`).
+
+    TrainConfig
+      data      DataConfig       which dataset, how to load it
+      optim     OptimConfig      Adam learning rates
+      strategy  DefaultStrategyConfig | MCMCStrategyConfig   (its type picks the strategy)
+      render    RenderSettings   backend, threads, anti-aliasing (per-step fields set by the run)
+      ...       the schedule, outputs and the time budget
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Optional, Union
 
 import tyro
 
-from ..render.settings import Backend
+from ..render.settings import RenderSettings
 from .init import InitRegion
 from .strategy import DefaultStrategyConfig, MCMCStrategyConfig
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work (the CLI exits 2 with it)."""
 
 
 @dataclass
@@ -32,6 +45,12 @@ class DataConfig:
     """Blender: which transforms_<split>.json to evaluate on (falls back to val)."""
     images_on_device: bool = False
     """Keep all images on the training device (GPU) instead of copying one per step."""
+
+    def validate(self) -> None:
+        if self.downscale < 1:
+            raise ConfigError(f"--downscale must be >= 1, got {self.downscale}")
+        if self.test_every < 0:
+            raise ConfigError(f"--test-every must be >= 0, got {self.test_every}")
 
 
 @dataclass
@@ -55,6 +74,19 @@ class OptimConfig:
     eps: float = 1e-15
     """Adam epsilon (3DGS uses 1e-15)."""
 
+    def validate(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"--optim.{f.name.replace('_', '-')} must be a finite number >= 0, got {value}")
+
+
+StrategyConfig = Union[
+    Annotated[DefaultStrategyConfig, tyro.conf.subcommand("default")],
+    Annotated[MCMCStrategyConfig, tyro.conf.subcommand("mcmc")],
+]
+STRATEGY_KINDS = {DefaultStrategyConfig: "default", MCMCStrategyConfig: "mcmc"}
+
 
 @dataclass
 class TrainConfig:
@@ -63,6 +95,9 @@ class TrainConfig:
     data: Annotated[DataConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=DataConfig)
     """The dataset (its options appear without a prefix on the command line: --downscale)."""
     optim: OptimConfig = field(default_factory=OptimConfig)
+    render: RenderSettings = field(default_factory=RenderSettings)
+    """How training renders (backend, threads, anti-aliasing). The run sets the background (the
+    dataset's when it has one), the SH degree of the ramp, absgrad and depth itself."""
     output: Optional[Path] = None
     """Output folder; default outputs/<dataset name>."""
     iterations: int = 30_000
@@ -70,16 +105,8 @@ class TrainConfig:
     max_minutes: Optional[float] = None
     """Wall-clock budget: the schedule (lr decay, densification, SH ramp) is scaled to the
     iterations that fit, estimated from the measured speed, and the run ends cleanly."""
-    backend: Backend = "auto"
-    """Renderer backend (auto = cpu kernels on CPU)."""
     device: str = "cpu"
     """Torch device for parameters and rendering."""
-    num_threads: Optional[int] = None
-    """CPU threads for rendering and torch; None = all cores."""
-    strategy: Literal["default", "mcmc"] = "default"
-    """Densification: 3DGS adaptive density control, or 3DGS-MCMC relocation."""
-    default_strategy: DefaultStrategyConfig = field(default_factory=DefaultStrategyConfig)
-    mcmc_strategy: MCMCStrategyConfig = field(default_factory=MCMCStrategyConfig)
     sh_degree: int = 3
     """Largest SH degree."""
     sh_degree_interval: int = 1000
@@ -88,8 +115,6 @@ class TrainConfig:
     """Loss = (1 - lambda) L1 + lambda (1 - SSIM)."""
     random_background: bool = False
     """Render over a random colour each step (discourages using the background as colour)."""
-    antialiased: bool = False
-    """Mip-Splatting's 2D filter with opacity compensation."""
     init_opacity: float = 0.1
     """Opacity of the initial Gaussians."""
     init_region: InitRegion = "auto"
@@ -105,44 +130,105 @@ class TrainConfig:
     save_at: tuple[int, ...] = (7_000, 30_000)
     """Iterations at which to write the model as .ply (the last one is always written)."""
     checkpoint_every: int = 1_000
-    """Write a resumable checkpoint every this many iterations (and at the end)."""
+    """Write a resumable checkpoint every this many iterations (and at the end) ..."""
+    checkpoint_minutes: float = 2.0
+    """... and at least this often in wall-clock minutes, and at a clean stop (Ctrl-C)."""
     eval_at: tuple[int, ...] = (7_000, 30_000)
     """Iterations at which to evaluate on the test views (the end is always evaluated)."""
     save_renders: bool = True
     """Save test renders next to ground truth as PNG at the final evaluation."""
     progress: bool = True
     """Show a progress bar."""
+    strategy: StrategyConfig = field(default_factory=DefaultStrategyConfig)
+    """Densification: `strategy:default` (3DGS adaptive density control) or `strategy:mcmc`
+    (3DGS-MCMC relocation), each with its own options (--strategy.*), given last."""
+
+    # ---- checks and (de)serialisation --------------------------------------------------------
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first setting that cannot work."""
+        self.data.validate()
+        self.optim.validate()
+        positive = {"iterations": self.iterations, "sh-degree-interval": self.sh_degree_interval,
+                    "checkpoint-every": self.checkpoint_every, "init-num-random": self.init_num_random}
+        for name, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"--{name} must be >= 1, got {value}")
+        if self.max_minutes is not None and not (math.isfinite(self.max_minutes) and self.max_minutes > 0):
+            raise ConfigError(f"--max-minutes must be a positive number of minutes, got {self.max_minutes}")
+        if not (math.isfinite(self.checkpoint_minutes) and self.checkpoint_minutes > 0):
+            raise ConfigError(f"--checkpoint-minutes must be positive, got {self.checkpoint_minutes}")
+        if self.sh_degree not in (0, 1, 2, 3):
+            raise ConfigError(f"--sh-degree must be 0, 1, 2 or 3, got {self.sh_degree}")
+        if not 0.0 <= self.ssim_lambda <= 1.0:
+            raise ConfigError(f"--ssim-lambda must be in [0, 1], got {self.ssim_lambda}")
+        if not 0.0 < self.init_opacity < 1.0:
+            raise ConfigError(f"--init-opacity must be in (0, 1), got {self.init_opacity}")
+        try:
+            self.render.validate()
+        except ValueError as exc:
+            raise ConfigError(f"--render: {exc}") from None
+
+    @property
+    def strategy_kind(self) -> str:
+        return STRATEGY_KINDS[type(self.strategy)]
 
     def to_dict(self) -> dict:
-        def convert(v):
-            if isinstance(v, Path):
-                return str(v)
-            if isinstance(v, tuple):
-                return list(v)
-            return v
-
-        return dataclasses.asdict(self, dict_factory=lambda items: {k: convert(v) for k, v in items})
+        d = _to_dict(self)
+        d["strategy"] = {"kind": self.strategy_kind, **d["strategy"]}
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         """Inverse of to_dict; unknown keys are an error that names them."""
-        return _from_dict(cls, d)
+        d = dict(d)
+        strategy = dict(d.pop("strategy", {"kind": "default"}))
+        kinds = {v: k for k, v in STRATEGY_KINDS.items()}
+        kind = strategy.pop("kind", "default")
+        if kind not in kinds:
+            raise ValueError(f"unknown strategy kind {kind!r}: expected one of {', '.join(kinds)}")
+        cfg = _from_dict(cls, d)
+        return dataclasses.replace(cfg, strategy=_from_dict(kinds[kind], strategy))
+
+
+def _to_dict(obj) -> dict:
+    def convert(v):
+        if isinstance(v, Path):
+            return str(v)
+        if isinstance(v, tuple):
+            return list(v)
+        return v
+
+    return dataclasses.asdict(obj, dict_factory=lambda items: {k: convert(v) for k, v in items})
 
 
 def _from_dict(cls, d: dict):
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - set(known))
+    hints = typing.get_type_hints(cls, include_extras=True)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
     if unknown:
         raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
     kwargs = {}
     for name, value in d.items():
-        default = getattr(cls(), name) if name in known else None
-        if dataclasses.is_dataclass(default) and isinstance(value, dict):
-            kwargs[name] = _from_dict(type(default), value)
-        elif isinstance(default, tuple) and isinstance(value, list):
+        target = _plain_type(hints[name])
+        if dataclasses.is_dataclass(target) and isinstance(value, dict):
+            kwargs[name] = _from_dict(target, value)
+        elif target is tuple and isinstance(value, list):
             kwargs[name] = tuple(value)
-        elif name in ("path", "output") and value is not None:
+        elif target is Path and value is not None:
             kwargs[name] = Path(value)
         else:
             kwargs[name] = value
     return cls(**kwargs)
+
+
+def _plain_type(hint):
+    """The class behind Annotated[...] / Optional[...] / tuple[...] hints (else the hint)."""
+    while typing.get_origin(hint) is Annotated:
+        hint = typing.get_args(hint)[0]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is Union and len(args) == 1:
+        return _plain_type(args[0])
+    if typing.get_origin(hint) is tuple:
+        return tuple
+    return hint

@@ -22,6 +22,7 @@ class StepEvent:
     its_per_sec: float  # 0 for events sent only to report messages
     elapsed: float  # seconds of training so far (resumed runs include earlier sessions)
     messages: list[str] = field(default_factory=list)  # densification events this step
+    progress: float = 0.0  # fraction of the schedule done, in [0, 1]; never decreases
 
 
 @dataclass

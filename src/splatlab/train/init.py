@@ -129,3 +129,12 @@ def _accepted(scene, points: torch.Tensor, carve: bool, min_view_fraction: float
         keep &= covered >= (1.0 - HULL_TOLERANCE) * seen
     colors = color_sum[keep] / covered[keep].clamp_min(1.0).unsqueeze(-1)
     return points[keep], colors
+
+
+def initial_gaussians(scene, region: InitRegion, num_random: int, sh_degree: int, init_opacity: float,
+                      seed: int) -> tuple[Gaussians, str]:
+    """The Gaussians a run starts from, and the region they were placed in (see the module doc)."""
+    used = resolve_region(scene, region)
+    if used == "points":
+        return Gaussians.from_points(scene.points, scene.point_colors, sh_degree, init_opacity), used
+    return random_init(scene, num_random, used, sh_degree, init_opacity, generator=torch.Generator().manual_seed(seed))

@@ -1,4 +1,4 @@
-"""Loggers: event subscribers for Trainer.subscribe (they never sit inside the loop's logic).
+"""Loggers: event subscribers for Run.subscribe (they never sit inside the loop's logic).
 
     JsonlLogger(path)        one JSON object per event line: always available, easy to plot
     TensorBoardLogger(dir)   scalars for TensorBoard, when the `tensorboard` package is installed

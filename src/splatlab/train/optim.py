@@ -6,12 +6,11 @@ moments together (see train/ops.py) and lets each have its own learning rate and
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ..gaussians import Gaussians
 from .config import OptimConfig
+from .schedule import exp_decay
 
 
 def as_parameters(gaussians: Gaussians) -> Gaussians:
@@ -39,6 +38,4 @@ def make_optimizers(params: Gaussians, cfg: OptimConfig, scene_extent: float) ->
 
 def means_lr_at(progress: float, cfg: OptimConfig, scene_extent: float) -> float:
     """Exponential decay from means_lr to means_lr_final as progress goes from 0 to 1."""
-    t = min(max(progress, 0.0), 1.0)
-    lr = math.exp((1 - t) * math.log(cfg.means_lr) + t * math.log(cfg.means_lr_final))
-    return lr * scene_extent
+    return exp_decay(cfg.means_lr, cfg.means_lr_final, progress) * scene_extent

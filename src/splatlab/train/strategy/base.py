@@ -100,6 +100,10 @@ def check_state_size(state: dict, key: str, n: int) -> None:
         )
 
 
+MIN_REFINE_EVERY = 20  # a compressed schedule refines at most this often ...
+MIN_RESET_EVERY = 1000  # ... and resets opacities at most this often
+
+
 def scale_iterations(config, names: tuple[str, ...], factor: float):
     """A copy of dataclass `config` with the iteration-count fields `names` scaled by `factor`.
 
@@ -115,3 +119,15 @@ def scale_iterations(config, names: tuple[str, ...], factor: float):
         value = getattr(config, name)
         changes[name] = 0 if value == 0 else max(1, int(round(value * factor)))
     return dataclasses.replace(config, **changes)
+
+
+def refine_floor(scaled, base, factor: float):
+    """When `factor` < 1 compresses a schedule, keep refinement from running more often than
+    every MIN_REFINE_EVERY steps (it would grow from the gradient statistics of a handful of
+    views), and start it no earlier than one interval in."""
+    import dataclasses
+
+    if factor >= 1.0:
+        return scaled
+    every = max(scaled.refine_every, min(base.refine_every, MIN_REFINE_EVERY))
+    return dataclasses.replace(scaled, refine_every=every, refine_start=max(scaled.refine_start, every))

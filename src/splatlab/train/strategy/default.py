@@ -30,16 +30,17 @@ and a fixed on-screen size prunes legitimate large background Gaussians seen fro
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
 from ...gaussians import Gaussians
 from ...render.settings import RenderOutput
 from .. import ops
-from .base import Optimizers, Strategy, check_state_size, scale_iterations
+from .base import MIN_RESET_EVERY, Optimizers, Strategy, check_state_size, refine_floor, scale_iterations
 
 GRAD_THRESHOLD = 2e-4  # 3DGS densify_grad_threshold, on the average NDC gradient norm
 ABSGRAD_THRESHOLD = 8e-4  # AbsGS: the summed absolute gradient is larger, so is its threshold
@@ -119,10 +120,23 @@ class DefaultStrategyConfig:
         return 2.0 * self.prune_opacity
 
     def scaled(self, factor: float) -> "DefaultStrategyConfig":
-        """A copy with every iteration-count field scaled by `factor` (>= 1 each; 0 stays 0)."""
-        return scale_iterations(
-            self, ("refine_start", "refine_stop", "refine_every", "reset_every", "refine_scale2d_stop"), factor
-        )
+        """A copy with every iteration-count field scaled by `factor` (>= 1 each; 0 stays 0).
+
+        A compressed schedule (factor < 1) keeps floors: refinement at most every
+        MIN_REFINE_EVERY steps, and opacity resets at least MIN_RESET_EVERY apart, because
+        recovering from a reset takes a fixed number of Adam steps (the logit climbs back from
+        -4.6 at lr 2.5e-2), not a fraction of the run.
+        """
+        fields = ("refine_start", "refine_stop", "refine_every", "reset_every", "refine_scale2d_stop")
+        out = refine_floor(scale_iterations(self, fields, factor), self, factor)
+        if factor < 1.0:
+            out = dataclasses.replace(out, reset_every=max(out.reset_every, min(self.reset_every, MIN_RESET_EVERY)))
+        return out
+
+    @property
+    def needs_absgrad(self) -> bool:
+        """Whether renders must accumulate |dL/dmeans2d| (RenderSettings.absgrad)."""
+        return self.absgrad
 
 
 class DefaultStrategy(Strategy):
@@ -135,6 +149,8 @@ class DefaultStrategy(Strategy):
 
     def __init__(self, config: DefaultStrategyConfig | None = None) -> None:
         self.config = config or DefaultStrategyConfig()
+        # Set by a distributed run: reduce_statistics(sums, maxima) all-reduces in place.
+        self.reduce_statistics: Optional[Callable[[list[torch.Tensor], list[torch.Tensor]], None]] = None
 
     def initialize_state(self, scene_extent: float) -> dict:
         scene_extent = float(scene_extent)
@@ -144,8 +160,31 @@ class DefaultStrategy(Strategy):
 
     # ---- statistics ---------------------------------------------------------------------
 
-    def update_statistics(self, gaussians: Gaussians, state: dict, info: RenderOutput) -> None:
-        """Accumulate the NDC positional gradient norm, visibility count and max radius."""
+    def update_statistics(self, gaussians: Gaussians, state: dict, info: RenderOutput | list[RenderOutput]) -> None:
+        """Accumulate the NDC positional gradient norm, visibility count and max radius.
+
+        `info` is the render of one view, or the renders of a batch of views whose losses were
+        averaged: each view's gradient is then scaled back by the batch size. The increments
+        of this step go through `self.reduce_statistics` when set (a distributed run sums them,
+        and takes the max of the radii, across processes) before they are added to the state.
+        """
+        infos = info if isinstance(info, list) else [info]
+        n = len(gaussians)
+        for key in ("grad2d", "count", "max_radii"):
+            if state[key] is None:
+                state[key] = torch.zeros(n, device=gaussians.device)
+            check_state_size(state, key, n)
+        grad2d, count, radii = state["grad2d"].new_zeros(n), state["count"].new_zeros(n), state["max_radii"].new_zeros(n)
+        for one in infos:
+            self._view_statistics(gaussians, one, float(len(infos)), grad2d, count, radii)
+        if self.reduce_statistics is not None:
+            self.reduce_statistics([grad2d, count], [radii])
+        state["grad2d"] += grad2d
+        state["count"] += count
+        torch.maximum(state["max_radii"], radii, out=state["max_radii"])
+
+    def _view_statistics(self, gaussians, info: RenderOutput, scale: float, grad2d, count, max_radii) -> None:
+        """Add one view's gradient norms and counts to grad2d / count, its radii into max_radii."""
         n = len(gaussians)
         visible = info.visible  # [N] bool
         if visible.shape != (n,):
@@ -164,22 +203,18 @@ class DefaultStrategy(Strategy):
                     "out.means2d has no gradient: call loss.backward() before step_post_backward, and "
                     "render with gaussians.means requiring grad"
                 )
-        for key in ("grad2d", "count", "max_radii"):
-            if state[key] is None:
-                state[key] = torch.zeros(n, device=gaussians.device)
-            check_state_size(state, key, n)
         if grad is None:
             return  # nothing was visible: nothing to accumulate
         height, width = info.image.shape[:2]
-        ndc = torch.tensor([0.5 * width, 0.5 * height], device=grad.device, dtype=grad.dtype)
+        ndc = torch.tensor([0.5 * width * scale, 0.5 * height * scale], device=grad.device, dtype=grad.dtype)
         # Dense updates weighted by the mask: masked gather/scatter costs more than the
         # arithmetic at 100k+ Gaussians.
-        weight = visible.to(state["grad2d"].dtype)  # [N]
+        weight = visible.to(grad2d.dtype)  # [N]
         norms = (grad.detach() * ndc).norm(dim=-1)  # [N]
-        state["grad2d"] += norms.to(state["grad2d"].dtype) * weight
-        state["count"] += weight
-        radii = info.radii.to(state["max_radii"].dtype) * weight / float(max(width, height))  # [N]
-        torch.maximum(state["max_radii"], radii, out=state["max_radii"])
+        grad2d += norms.to(grad2d.dtype) * weight
+        count += weight
+        radii = info.radii.to(max_radii.dtype) * weight / float(max(width, height))  # [N]
+        torch.maximum(max_radii, radii, out=max_radii)
 
     # ---- hooks --------------------------------------------------------------------------
 
@@ -189,7 +224,7 @@ class DefaultStrategy(Strategy):
         optimizers: Optimizers,
         state: dict,
         step: int,
-        info: RenderOutput,
+        info: RenderOutput | list[RenderOutput],
         lr_means: float = 0.0,
     ) -> list[str]:
         cfg = self.config

@@ -25,7 +25,7 @@ import torch
 from ...gaussians import Gaussians
 from ...render.settings import RenderOutput
 from .. import ops
-from .base import Optimizers, Strategy, scale_iterations
+from .base import Optimizers, Strategy, refine_floor, scale_iterations
 
 NOISE_K = 100.0  # steepness of the opacity gate of the position noise (paper: k = 100)
 NOISE_T = 0.005  # opacity at which the gate is 1/2 (paper: t = 0.995, on 1 - opacity)
@@ -70,7 +70,12 @@ class MCMCStrategyConfig:
 
     def scaled(self, factor: float) -> "MCMCStrategyConfig":
         """A copy with every iteration-count field scaled by `factor` (>= 1 each; 0 stays 0)."""
-        return scale_iterations(self, ("refine_start", "refine_stop", "refine_every"), factor)
+        scaled = scale_iterations(self, ("refine_start", "refine_stop", "refine_every"), factor)
+        return refine_floor(scaled, self, factor)
+
+    @property
+    def needs_absgrad(self) -> bool:
+        return False
 
 
 class MCMCStrategy(Strategy):
@@ -104,7 +109,7 @@ class MCMCStrategy(Strategy):
         optimizers: Optimizers,
         state: dict,
         step: int,
-        info: RenderOutput,
+        info: RenderOutput | list[RenderOutput],
         lr_means: float,
     ) -> list[str]:
         cfg = self.config

@@ -1,0 +1,362 @@
+"""A training run: the loop around `train_step`, with time, events, checkpoints and outputs.
+
+    run = Run(config, scene)          # the caller loads the scene (splatlab.data.load_scene)
+    run.subscribe(print)              # typed events: train/events.py
+    result = run.train(resume=False)  # -> TrainResult
+
+The run owns what a step must not: which views come next, the schedule values of each step,
+the wall-clock budget (train/budget.py), checkpoints on a step and a wall-clock cadence and at a
+clean stop (Ctrl-C), snapshots, evaluation and the output folder (train/outputs.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from ..data.scene import Scene
+from ..gaussians import Gaussians
+from ..metrics import LPIPS, evaluate_views
+from ..render import RenderSettings
+from .budget import TimeBudget
+from .config import ConfigError, TrainConfig
+from .events import EndEvent, EvalEvent, EventBus, MessageEvent, SnapshotEvent, StepEvent, Subscriber
+from .init import initial_gaussians
+from .optim import means_lr_at
+from .outputs import RunFolder
+from .schedule import sh_degree_at
+from .state import TrainState, seed_everything
+from .step import StepPlan, StepResult, StepView, train_step
+from .strategy import DefaultStrategy, DefaultStrategyConfig, MCMCStrategy, Strategy
+
+LOG_EVERY = 10  # steps between StepEvents (and host reads of the loss)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (diverged, bad checkpoint); the message says what to do."""
+
+
+@dataclass
+class TrainResult:
+    gaussians: Gaussians
+    step: int
+    metrics: dict
+    output: Path
+    reason: str  # "completed" | "time budget"
+
+
+def make_strategy(config) -> Strategy:
+    """The strategy its config's type names."""
+    return DefaultStrategy(config) if isinstance(config, DefaultStrategyConfig) else MCMCStrategy(config)
+
+
+def same_run(a: TrainConfig, b: TrainConfig) -> bool:
+    """Whether two configs train the same model (the output path and progress bar aside)."""
+    strip = dict(output=None, progress=True)
+    return dataclasses.replace(a, **strip) == dataclasses.replace(b, **strip)
+
+
+class StopRequests:
+    """Set by SIGINT / SIGTERM; the loop stops at the next step boundary and checkpoints."""
+
+    requested = False
+
+
+@contextlib.contextmanager
+def stop_requests():
+    """Turn the first Ctrl-C (or SIGTERM, as cluster schedulers send) into a stop request
+    that the loop honours between steps; a second Ctrl-C interrupts at once."""
+    stop = StopRequests()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop  # signals can only be handled on the main thread
+        return
+
+    def handler(signum, frame):
+        if stop.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.requested = True
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def default_output(scene: Scene) -> Path:
+    return Path("outputs") / Path(str(scene.path)).resolve().name
+
+
+class Run:
+    def __init__(self, config: TrainConfig, scene: Scene) -> None:
+        config.validate()
+        if not scene.train:
+            raise TrainingError(f"the scene at {scene.path} has no training views")
+        if config.random_background and (scene.background is None or any(v.alpha is None for v in scene.train)):
+            raise ConfigError(
+                "--random-background needs training images with an alpha channel composited over a known "
+                "background (e.g. Blender RGBA); this scene has none"
+            )
+        self.config, self.scene = config, scene
+        self.folder = RunFolder(config.output or default_output(scene))
+        self.device = torch.device(config.device)
+        self.background = tuple(scene.background or config.render.background)
+        self.events = EventBus()
+        self.strategy = make_strategy(config.strategy)
+        self.state: Optional[TrainState] = None
+        self.budget: Optional[TimeBudget] = None
+        self.history: list[dict] = []
+        self.elapsed = 0.0  # training seconds, earlier sessions of a resumed run included
+        self._lpips: Optional[LPIPS] = None
+
+    @property
+    def output(self) -> Path:
+        return self.folder.path
+
+    def subscribe(self, fn: Subscriber) -> None:
+        self.events.subscribe(fn)
+
+    def live_gaussians(self) -> Optional[Gaussians]:
+        """The parameters being trained, detached (views, not copies), or None before the start."""
+        return None if self.state is None else self.state.params.detach()
+
+    @property
+    def total(self) -> int:
+        return self.budget.total if self.budget is not None else self.config.iterations
+
+    def progress(self, step: int) -> float:
+        return self.budget.progress(step) if self.budget is not None else step / self.config.iterations
+
+    # ---- start -------------------------------------------------------------------------------
+
+    def train(self, resume: bool = False, force: bool = False) -> TrainResult:
+        """Train to the end (or the budget). `resume` continues from the folder's checkpoint, or
+        starts afresh when it has none; `force` replaces an existing folder."""
+        cfg = self.config
+        if cfg.render.num_threads:
+            torch.set_num_threads(cfg.render.num_threads)
+        if self.folder.prepare(resume, force):
+            self._resume()
+        else:
+            if resume:
+                self._say(f"no checkpoint in {self.output}: starting the run afresh")
+            self._fresh_start()
+        self.folder.write_config(cfg.to_dict())
+        with stop_requests() as self._stop:
+            try:
+                reason = self._loop()
+            except KeyboardInterrupt:  # raised between steps, where the state is whole
+                self._save_checkpoint()
+                self._say(f"stopped at step {self.state.step}; continue with: splatlab train --resume --output {self.output}")
+                raise
+        return self._finish(reason)
+
+    def _fresh_start(self) -> None:
+        cfg, scene = self.config, self.scene
+        seed_everything(cfg.seed)
+        started = time.perf_counter()
+        gaussians, region = initial_gaussians(scene, cfg.init_region, cfg.init_num_random, cfg.sh_degree,
+                                              cfg.init_opacity, cfg.seed)
+        self.state = TrainState.create(gaussians, cfg.optim, scene.extent,
+                                       self.strategy.initialize_state(scene.extent),
+                                       len(scene.train), cfg.seed, self.device)
+        self.elapsed = time.perf_counter() - started  # placing the Gaussians is part of the run
+        self._say(f"{len(gaussians)} initial Gaussians from {region}")
+        if cfg.max_minutes is not None:
+            per_step = self._probe_seconds_per_step()
+            self.budget = TimeBudget.plan(60.0 * cfg.max_minutes, cfg.iterations, per_step,
+                                          self._reserve_seconds(per_step))
+            self._say(f"time budget {cfg.max_minutes:g} min: about {self.budget.total} iterations "
+                      f"at {per_step:.3f} s each")
+        self._rescale_schedule()
+
+    def _resume(self) -> None:
+        saved = self.folder.load_checkpoint()
+        if not same_run(TrainConfig.from_dict(saved["config"]), self.config):
+            raise TrainingError(f"{self.folder.checkpoint_path} was written by a run with another config; "
+                                "resume with the run's own config (splatlab train --resume --output DIR)")
+        self.state = TrainState.create(Gaussians.empty(self.config.sh_degree), self.config.optim,
+                                       self.scene.extent, {}, len(self.scene.train), self.config.seed, self.device)
+        self.state.load_state_dict(saved["state"], self.config.optim, self.scene.extent, self.device)
+        self.budget = None if saved["budget"] is None else TimeBudget.from_state_dict(saved["budget"])
+        self.elapsed, self.history = saved["elapsed"], saved["history"]
+        self.folder.truncate_log(self.state.step)
+        self._rescale_schedule()
+        self._say(f"resumed from step {self.state.step} ({self.elapsed / 60:.1f} min trained)")
+
+    def _rescale_schedule(self) -> None:
+        """The strategy's iteration counts follow the planned length of the run."""
+        scale = 1.0 if self.budget is None else self.budget.scale
+        self.strategy.config = self.config.strategy.scaled(scale) if scale != 1.0 else self.config.strategy
+
+    # ---- the loop ----------------------------------------------------------------------------
+
+    def _loop(self) -> str:
+        cfg, state = self.config, self.state
+        last_checkpoint = time.monotonic()
+        since_log = (state.step, self.elapsed)
+        while state.step < self.total:
+            clock = time.perf_counter()
+            result = train_step(state, self.strategy, self._batch(), self._plan(state.step + 1),
+                                self._settings(), cfg.ssim_lambda)
+            self.elapsed += time.perf_counter() - clock
+            if self._stop.requested:
+                raise KeyboardInterrupt
+            if state.step % LOG_EVERY == 0 or result.messages or state.step == self.total:
+                since_log = self._report(result, since_log)
+            if state.step in cfg.save_at and state.step != self.total:
+                self._save_ply()
+            if state.step in cfg.eval_at and state.step != self.total:
+                self.evaluate(save_renders=False)
+            if state.step % cfg.checkpoint_every == 0 or time.monotonic() - last_checkpoint > 60 * cfg.checkpoint_minutes:
+                if state.step != self.total:
+                    self._save_checkpoint()
+                    last_checkpoint = time.monotonic()
+            if self.budget is not None:
+                if self.budget.exhausted(self.elapsed):
+                    return "time budget"
+                densifying = state.step < self.strategy.config.refine_stop
+                if self.budget.observe(state.step, self.elapsed, densifying):
+                    self._rescale_schedule()
+        return "completed"
+
+    def _plan(self, iteration: int) -> StepPlan:
+        cfg = self.config
+        progress = self.progress(iteration - 1)
+        return StepPlan(
+            iteration=iteration,
+            progress=progress,
+            means_lr=means_lr_at(progress, cfg.optim, self.scene.extent),
+            sh_degree=sh_degree_at(progress, cfg.iterations, cfg.sh_degree_interval, cfg.sh_degree),
+        )
+
+    def _settings(self) -> RenderSettings:
+        return dataclasses.replace(self.config.render, absgrad=self.strategy.config.needs_absgrad, render_depth=False)
+
+    def _batch(self) -> list[StepView]:
+        index = self.state.sampler.next()
+        view = self.scene.train[index]
+        target = view.image_float(self.device)  # [H, W, 3]
+        background = self.background
+        if self.config.random_background:  # re-composite the target over a fresh random colour
+            bg = torch.rand(3)
+            alpha = view.alpha.to(self.device).float().unsqueeze(-1) / 255.0  # [H, W, 1]
+            target = target + (1 - alpha) * (bg.to(self.device) - torch.tensor(self.background, device=self.device))
+            background = tuple(bg.tolist())
+        mask = None if view.mask is None else view.mask.to(self.device).unsqueeze(-1).float()  # [H, W, 1]
+        return [StepView(view.camera.to(self.device), target, mask, background, index)]
+
+    def _report(self, result: StepResult, since: tuple[int, float]) -> tuple[int, float]:
+        """Read the step's loss (a host sync), stop on NaN/Inf, and emit a StepEvent."""
+        step = self.state.step
+        loss = float(result.loss)
+        if not torch.isfinite(torch.tensor(loss)) or self.state.first_non_finite() is not None:
+            raise TrainingError(
+                f"training diverged at iteration {step} (loss {loss}); the last good checkpoint is "
+                f"{self.folder.checkpoint_path}. Continue with --resume, or start again with lower "
+                "learning rates (--optim.*-lr)"
+            )
+        its = (step - since[0]) / max(self.elapsed - since[1], 1e-9)
+        event = StepEvent(step, self.total, loss, result.psnr, len(self.state.params), its, self.elapsed,
+                          result.messages, self.progress(step))
+        self.history.append({"step": step, "loss": loss, "psnr": event.psnr,
+                             "num_gaussians": event.num_gaussians, "elapsed": self.elapsed})
+        self.events.emit(event)
+        return step, self.elapsed
+
+    # ---- evaluation and files ----------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self, save_renders: bool = True) -> dict:
+        """PSNR / SSIM (/ LPIPS) on the test views; appended to metrics.json."""
+        views = self.scene.test
+        settings = dataclasses.replace(self.config.render, background=self.background, sh_degree=None)
+        if self._lpips is None:
+            self._lpips = LPIPS()
+
+        def save(i, view, image):  # render | ground truth
+            self.folder.save_render(i, view.name, torch.cat([image, view.image_float(self.device)], dim=1))
+
+        result = evaluate_views(self.state.params.detach(), views, settings, self._lpips, self.device,
+                                save if save_renders else None)
+        metrics = {"step": self.state.step, "num_gaussians": len(self.state.params),
+                   "num_test_views": len(views), "elapsed_seconds": self.elapsed, **result}
+        if not self._lpips.available:
+            metrics["lpips"] = None
+            metrics["lpips_unavailable"] = self._lpips.reason
+        metrics["per_image"] = metrics.pop("per_image")  # keep the long list last in the file
+        self.folder.append_metrics(metrics)
+        self.events.emit(EvalEvent(self.state.step, metrics))
+        return metrics
+
+    def _finish(self, reason: str) -> TrainResult:
+        self._save_checkpoint()
+        self._save_ply()
+        metrics = self.evaluate(save_renders=self.config.save_renders)
+        self.folder.write_history(self.history, f"{len(self.state.params)} Gaussians, {self.elapsed / 60:.1f} min")
+        self.events.emit(EndEvent(self.state.step, reason, self.output))
+        return TrainResult(self.state.params.detach(), self.state.step, metrics, self.output, reason)
+
+    def _save_ply(self) -> None:
+        snapshot = self.state.params.detach().clone()
+        path = self.folder.save_ply(self.state.step, snapshot)
+        self.events.emit(SnapshotEvent(self.state.step, snapshot, path))
+
+    def _save_checkpoint(self) -> None:
+        bad = self.state.first_non_finite()
+        if bad is not None:  # never overwrite a good checkpoint with a broken one
+            raise TrainingError(f"parameter {bad} has NaN/Inf at iteration {self.state.step}; the last good "
+                                f"checkpoint is {self.folder.checkpoint_path}")
+        self.folder.save_checkpoint({
+            "config": self.config.to_dict(), "state": self.state.state_dict(),
+            "budget": None if self.budget is None else self.budget.state_dict(),
+            "elapsed": self.elapsed, "history": self.history,
+        })  # fmt: skip
+
+    def _say(self, text: str, level: str = "info") -> None:
+        self.events.emit(MessageEvent(text, level))
+
+    # ---- time budget -------------------------------------------------------------------------
+
+    def _probe_seconds_per_step(self) -> float:
+        """Median time of a forward+backward on a scratch copy of the model, plus an Adam step."""
+        probe = self.state.params.detach().clone().requires_grad_()
+        scratch = TrainState.create(probe, self.config.optim, self.scene.extent, {}, 1, 0, self.device)
+        settings = self._settings()
+        plan = StepPlan(1, 0.0, 0.0, self.config.sh_degree)
+        times = []
+        for i in range(6):
+            view = self.scene.train[i % len(self.scene.train)]
+            step_view = StepView(view.camera.to(self.device), view.image_float(self.device), None, self.background, 0)
+            t0 = time.perf_counter()
+            train_step(scratch, _NoStrategy(), [step_view], plan, settings, self.config.ssim_lambda)
+            times.append(time.perf_counter() - t0)
+        return float(torch.tensor(times[1:]).median())  # the first may load compiled kernels
+
+    def _reserve_seconds(self, per_step: float) -> float:
+        """Time kept back from the budget for the final save and evaluation."""
+        return 5.0 + 0.5 * per_step * len(self.scene.test)
+
+
+class _NoStrategy(Strategy):
+    """For timing steps: no statistics, no densification."""
+
+    def initialize_state(self, scene_extent: float) -> dict:
+        return {}
+
+    def step_post_backward(self, gaussians, optimizers, state, step, info, lr_means) -> list[str]:
+        return []
+
+
+def train(config: TrainConfig, scene: Scene, resume: bool = False, force: bool = False) -> TrainResult:
+    """Train with `config` on `scene` and return the result."""
+    return Run(config, scene).train(resume=resume, force=force)

@@ -1,0 +1,121 @@
+"""One training step, and nothing else: no files, no clock, no events.
+
+    render every view of the batch -> loss (1-l) L1 + l (1-SSIM) over the pixels that count
+    (+ the strategy's regularisers) -> backward -> [reduce: all-reduce across processes]
+    -> Adam -> densification strategy -> zero grads
+
+The run (train/run.py) decides which views, the schedule values and when to save; a
+distributed run passes `reduce` to sum gradients across processes before the optimizer
+step. Everything here works on whatever device the state lives on, and never copies a tensor
+to the host: the loss and PSNR come back as tensors, read when the run logs them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Callable, Optional
+
+import torch
+
+from ..camera import Camera
+from ..losses import photometric_loss
+from ..render import RenderOutput, RenderSettings, rasterize
+from .state import TrainState
+from .strategy import Strategy
+
+
+@dataclass
+class StepView:
+    """One training view, ready on the training device."""
+
+    camera: Camera
+    target: torch.Tensor  # [H, W, 3] float in [0, 1]
+    mask: Optional[torch.Tensor]  # [H, W, 1] float 0/1: the pixels that count; None = all
+    background: tuple[float, float, float]
+    index: int  # position in the scene's training views
+
+
+@dataclass
+class StepPlan:
+    """What the schedule says for this step."""
+
+    iteration: int  # 1-based: iterations completed once this step ends
+    progress: float  # fraction of the schedule, in [0, 1]
+    means_lr: float
+    sh_degree: int
+
+
+@dataclass
+class StepResult:
+    loss: torch.Tensor  # [] detached, mean over the batch
+    mse: torch.Tensor  # [] detached, over the counted pixels of the batch (PSNR = -10 log10 mse)
+    messages: list[str]  # what densification did
+
+    @property
+    def psnr(self) -> float:
+        mse = float(self.mse)
+        return float("inf") if mse <= 0 else -10.0 * math.log10(mse)
+
+
+Reduce = Callable[[TrainState], None]  # makes gradients (and statistics) agree across processes
+
+
+def masked_loss(image: torch.Tensor, target: torch.Tensor, mask: Optional[torch.Tensor], ssim_lambda: float):
+    """(loss, mse) of a render against its target over the pixels where mask = 1.
+
+    Masked-out pixels are replaced by the target's own values, so they add no error and no
+    gradient; the means are then rescaled from all pixels to the counted ones. L1 and PSNR
+    are exact over the counted pixels; SSIM windows at the mask edge see target pixels.
+    """
+    if mask is None:
+        loss = photometric_loss(image, target, ssim_lambda)
+        return loss, torch.mean((image.detach().clamp(0, 1) - target) ** 2)
+    image = image * mask + target * (1 - mask)
+    share = mask.mean().clamp_min(1.0 / mask.numel())  # fraction of pixels that count
+    loss = photometric_loss(image, target, ssim_lambda) / share
+    mse = torch.mean((image.detach().clamp(0, 1) - target) ** 2) / share
+    return loss, mse
+
+
+def render_view(state: TrainState, view: StepView, settings: RenderSettings, plan: StepPlan) -> RenderOutput:
+    return rasterize(state.params, view.camera, replace(settings, background=view.background, sh_degree=plan.sh_degree))
+
+
+def train_step(
+    state: TrainState,
+    strategy: Strategy,
+    views: list[StepView],
+    plan: StepPlan,
+    settings: RenderSettings,
+    ssim_lambda: float,
+    reduce: Optional[Reduce] = None,
+) -> StepResult:
+    """One optimisation step over a batch of views (their losses are averaged)."""
+    for opt in state.optimizers.values():
+        for group in opt.param_groups:
+            if group.get("name") == "means":
+                group["lr"] = plan.means_lr
+    outs, losses, mses = [], [], []
+    for view in views:
+        out = render_view(state, view, settings, plan)
+        strategy.step_pre_backward(state.params, state.optimizers, state.strategy_state, plan.iteration, out)
+        loss, mse = masked_loss(out.image, view.target, view.mask, ssim_lambda)
+        outs.append(out)
+        losses.append(loss)
+        mses.append(mse)
+    loss = torch.stack(losses).mean()
+    extra = strategy.loss(state.params, state.strategy_state, plan.iteration)
+    total = loss if extra is None else loss + extra
+    total.backward()
+    if reduce is not None:
+        reduce(state)
+    for opt in state.optimizers.values():
+        opt.step()
+    state.step = plan.iteration
+    messages = strategy.step_post_backward(
+        state.params, state.optimizers, state.strategy_state, plan.iteration, outs, lr_means=plan.means_lr
+    )
+    for opt in state.optimizers.values():
+        opt.zero_grad(set_to_none=True)
+    return StepResult(total.detach(), torch.stack(mses).mean(), list(messages or []))
