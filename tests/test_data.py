@@ -28,6 +28,7 @@ from fixtures_data import (
 from splatlab.data import DatasetError, DatasetWarning, Scene, SfMOptions, View, load_scene
 from splatlab.data import undistort as undistort_mod
 from splatlab.data.images import import_pycolmap
+from splatlab.data.scene import dataset_cache_dir
 
 pycolmap = import_pycolmap()
 
@@ -255,8 +256,9 @@ def test_colmap_distorted_cache_invalidation(tmp_path):
     assert scene.info["undistort_cache"]["computed"] == 6
     cam = scene.train[0].camera
     assert (cam.width, cam.height) != (40, 30)  # pinhole after undistortion
-    assert snapshot(tmp_path) == before  # the user's files are untouched; only splatlab_cache was added
-    cache = tmp_path / "splatlab_cache" / "undistorted" / "images"
+    # Changed on purpose (issue 11): nothing is written into the dataset, the cache is the user's.
+    assert snapshot(tmp_path) == before and not (tmp_path / "splatlab_cache").exists()
+    (cache,) = (dataset_cache_dir(tmp_path) / "undistorted").glob("images*")
     assert len(list(cache.glob("*.png"))) == 6
     again = load_scene(tmp_path, verbose=False)
     assert again.info["undistort_cache"]["reused"] == 6
@@ -464,7 +466,7 @@ def test_photos_structure_from_motion(tmp_path):
     assert scene.kind == "photos" and scene.info["registered"] >= 9
     assert len(scene.train) == scene.info["registered"] and scene.points.shape[0] > 100
     assert snapshot(photos) == before
-    assert (photos / "splatlab_cache" / "sfm" / "sparse" / "0" / "cameras.bin").is_file()
+    assert (dataset_cache_dir(photos) / "sfm" / "sparse" / "0" / "cameras.bin").is_file()
     # Second load reuses the model.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DatasetWarning)

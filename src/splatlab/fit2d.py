@@ -69,7 +69,10 @@ from .gaussians import Gaussians, nearest_neighbour_rms
 from .io.images import save_png, to_uint8
 from .render import RenderSettings, rasterize
 from .render.settings import Backend
+from .losses import photometric_loss
+from .metrics import psnr, ssim_metric
 from .sh import SH_C0, rgb_to_sh0
+from .train.schedule import exp_decay
 
 __all__ = [
     "Fit2DConfig",
@@ -141,7 +144,8 @@ class Fit2DConfig:
     video_fps: int = 15
     """Frames per second of the animation."""
     output: Optional[Path] = None
-    """Output folder (created); None = write nothing, just return the result."""
+    """Output folder (created). `splatlab fit2d` defaults to outputs/fit2d_<image name>; from
+    Python, None writes nothing and just returns the result."""
     backend: Backend = "auto"
     """Renderer backend (auto = the compiled CPU kernels on CPU)."""
     num_threads: Optional[int] = None
@@ -495,122 +499,125 @@ class _Animation:
 # ---- the fit -------------------------------------------------------------------------------------
 
 
-def _psnr_from_mse(mse: float) -> float:
-    return float("inf") if mse <= 0 else -10.0 * math.log10(mse)
+@dataclass
+class _Fit:
+    """The state of a fit while it runs."""
+
+    params: dict[str, torch.Tensor]
+    optimizer: torch.optim.Optimizer
+    target: torch.Tensor  # [H, W, 3]
+    settings: RenderSettings
+    history: list[dict]
+    animation: Optional["_Animation"]
+    step: int = 0
+    elapsed: float = 0.0
+    stopped: str = "completed"
+
+    def render(self):
+        h, w = self.target.shape[:2]
+        p = self.params
+        return render_2d(p["means"], p["log_scales"], p["angles"], p["logit_opacities"], p["sh0"], w, h, self.settings)
+
+
+def _loss(image: torch.Tensor, target: torch.Tensor, cfg: Fit2DConfig) -> torch.Tensor:
+    if cfg.loss == "mse":
+        return torch.mean((image - target) ** 2)
+    return photometric_loss(image, target, cfg.ssim_lambda)  # the 3DGS training loss
 
 
 def fit_image(image: Union[str, os.PathLike, torch.Tensor, np.ndarray], config: Optional[Fit2DConfig] = None) -> Fit2DResult:
     """Fit `config.num_gaussians` 2D Gaussians to `image` (a file path or an [H, W, 3] array).
 
     Adam on every parameter (centres, two log scales, angle, logit opacity, DC colour) with the
-    loss `config.loss`; the centres' learning rate decays exponentially. Every step renders with
-    `splatlab.rasterize` through the flat-3D mapping of this module. Writes the outputs listed
-    in the module docstring when `config.output` is set, and returns a `Fit2DResult`.
+    loss `config.loss`; the centres' learning rate decays exponentially (the 3D trainer's
+    schedule). Every step renders with `splatlab.rasterize` through the flat-3D mapping of this
+    module. Writes the outputs listed in the module docstring when `config.output` is set, and
+    returns a `Fit2DResult`.
     """
-    from .losses import ssim as ssim_fn
-    from .metrics import psnr as psnr_fn
-    from .metrics import ssim_metric
-
     cfg = config or Fit2DConfig()
     cfg.validate()
     target = load_image(image, cfg.max_size)  # [H, W, 3]
     h, w = target.shape[:2]
     background = tuple(float(c) for c in (cfg.background if cfg.background is not None else target.mean((0, 1))))
     settings = RenderSettings(backend=cfg.backend, background=background, eps2d=cfg.eps2d, num_threads=cfg.num_threads)
-    out_dir = None
-    if cfg.output is not None:
-        out_dir = Path(cfg.output)
+    out_dir = None if cfg.output is None else Path(cfg.output)
+    if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-
     params = {k: v.clone().requires_grad_(True) for k, v in _init_params(target, cfg).items()}
     lrs = {"means": cfg.means_lr, "log_scales": cfg.scales_lr, "angles": cfg.angles_lr,
            "logit_opacities": cfg.opacity_lr, "sh0": cfg.colors_lr}  # fmt: skip
     # eps tiny as in 3DGS: per-parameter gradients of a mean over H*W pixels are small.
-    optimizer = torch.optim.Adam(
-        [{"params": [params[k]], "lr": lrs[k], "name": k} for k in lrs], eps=1e-15
-    )
-    means_group = optimizer.param_groups[0]
+    optimizer = torch.optim.Adam([{"params": [params[k]], "lr": lrs[k], "name": k} for k in lrs], eps=1e-15)
+    animation = _Animation(out_dir, cfg.video_fps, (h, w)) if out_dir is not None and cfg.frames_every > 0 else None
+    fit = _Fit(params, optimizer, target, settings, [], animation)
+    try:
+        _run_steps(fit, cfg)
+    except BaseException as exc:
+        if animation is not None:
+            animation.discard(exc)
+        raise
+    return _finish(fit, cfg, background, out_dir)
 
-    def render():
-        return render_2d(params["means"], params["log_scales"], params["angles"], params["logit_opacities"],
-                         params["sh0"], w, h, settings)  # fmt: skip
 
-    animation = None
-    if out_dir is not None and cfg.frames_every > 0:
-        animation = _Animation(out_dir, cfg.video_fps, (h, w))
-    history: list[dict] = []
+def _run_steps(fit: _Fit, cfg: Fit2DConfig) -> None:
+    """Adam steps until `cfg.iterations` or the time budget, recording PSNR and frames."""
+    with torch.no_grad():
+        first = fit.render().image
+    fit.history.append({"iteration": 0, "loss": None, "psnr": psnr(first.clamp(0, 1), fit.target), "seconds": 0.0})
+    if fit.animation is not None:
+        fit.animation.append(to_uint8(first))
     bar = None
     if cfg.progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=cfg.iterations, desc="fit2d", unit="it", dynamic_ncols=True)
-    deadline = None if cfg.max_minutes is None else 60.0 * cfg.max_minutes
-    stopped, step, elapsed = "completed", 0, 0.0
+    t_start = time.perf_counter()
     try:
-        with torch.no_grad():
-            first = render().image
-        history.append({"iteration": 0, "loss": None, "psnr": psnr_fn(first.clamp(0, 1), target), "seconds": 0.0})
-        if animation is not None:
-            animation.append(to_uint8(first))
-        t_start = time.perf_counter()
-        decay = (cfg.means_lr_final / cfg.means_lr) if cfg.means_lr > 0 and cfg.means_lr_final > 0 else 1.0
         for step in range(1, cfg.iterations + 1):
-            frac = (step - 1) / max(cfg.iterations - 1, 1)
-            means_group["lr"] = cfg.means_lr * decay**frac
-            out = render()
-            img = out.image  # [H, W, 3]
-            if cfg.loss == "mse":
-                loss = torch.mean((img - target) ** 2)
-            else:
-                loss = (1.0 - cfg.ssim_lambda) * (img - target).abs().mean() + cfg.ssim_lambda * (
-                    1.0 - ssim_fn(img, target)
-                )
+            fit.optimizer.param_groups[0]["lr"] = exp_decay(cfg.means_lr, cfg.means_lr_final,
+                                                            (step - 1) / max(cfg.iterations - 1, 1))
+            img = fit.render().image  # [H, W, 3]
+            loss = _loss(img, fit.target, cfg)
             if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"fit2d: the loss became {loss.item()} at iteration {step}; try lower learning rates"
-                )
-            optimizer.zero_grad(set_to_none=True)
+                raise FloatingPointError(f"fit2d: the loss became {loss.item()} at iteration {step}; "
+                                         "try lower learning rates")
+            fit.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
-            elapsed = time.perf_counter() - t_start
-            with torch.no_grad():
-                mse = torch.mean((img.detach().clamp(0, 1) - target) ** 2).item()
-            history.append({"iteration": step, "loss": float(loss.item()), "psnr": _psnr_from_mse(mse),
-                            "seconds": elapsed})  # fmt: skip
+            fit.optimizer.step()
+            fit.step, fit.elapsed = step, time.perf_counter() - t_start
+            fit.history.append({"iteration": step, "loss": float(loss.item()),
+                                "psnr": psnr(img.detach().clamp(0, 1), fit.target), "seconds": fit.elapsed})
             if bar is not None:
                 bar.update(1)
                 if step % 10 == 0:
-                    bar.set_postfix(psnr=f"{history[-1]['psnr']:.2f}")
-            if animation is not None and step % cfg.frames_every == 0:
-                animation.append(to_uint8(img))
-            if deadline is not None and elapsed >= deadline:
-                stopped = "time budget"
+                    bar.set_postfix(psnr=f"{fit.history[-1]['psnr']:.2f}")
+            if fit.animation is not None and step % cfg.frames_every == 0:
+                fit.animation.append(to_uint8(img))
+            if cfg.max_minutes is not None and fit.elapsed >= 60.0 * cfg.max_minutes:
+                fit.stopped = "time budget"
                 break
-    except BaseException as exc:
-        if animation is not None:
-            animation.discard(exc)
-        raise
     finally:
         if bar is not None:
             bar.close()
 
+
+def _finish(fit: _Fit, cfg: Fit2DConfig, background, out_dir: Optional[Path]) -> Fit2DResult:
     with torch.no_grad():
-        final = render().image.clamp(0, 1)  # [H, W, 3], after the last step
-    final_psnr = psnr_fn(final, target)
-    final_ssim = ssim_metric(final, target)
-    raw = {k: v.detach().clone() for k, v in params.items()}
+        final = fit.render().image.clamp(0, 1)  # [H, W, 3], after the last step
+    h, w = fit.target.shape[:2]
+    raw = {k: v.detach().clone() for k, v in fit.params.items()}
     result = Fit2DResult(
         means=raw["means"], log_scales=raw["log_scales"], angles=raw["angles"],
         logit_opacities=raw["logit_opacities"], sh0=raw["sh0"], width=w, height=h, background=background,
-        image=final, target=target, psnr=final_psnr, ssim=final_ssim, iterations=step, seconds=elapsed,
-        stopped=stopped, history=history,
+        image=final, target=fit.target, psnr=psnr(final, fit.target), ssim=ssim_metric(final, fit.target),
+        iterations=fit.step, seconds=fit.elapsed, stopped=fit.stopped, history=fit.history,
     )  # fmt: skip
     if out_dir is not None:
-        if animation is not None:
-            if step % cfg.frames_every != 0:
-                animation.append(to_uint8(final))  # always end on the final state
-            video = animation.close()
-            result.notes.extend(animation.notes)
+        if fit.animation is not None:
+            if fit.step % cfg.frames_every != 0:
+                fit.animation.append(to_uint8(final))  # always end on the final state
+            video = fit.animation.close()
+            result.notes.extend(fit.animation.notes)
             if video is not None:
                 result.files["video"] = video
         _write_outputs(result, cfg, out_dir)

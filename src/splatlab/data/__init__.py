@@ -7,7 +7,7 @@
 
 Layouts: COLMAP, Blender (NeRF-synthetic), nerfstudio / instant-ngp ``transforms.json``, and plain
 folders of photos (structure-from-motion with pycolmap). See :mod:`splatlab.data.scene` for the
-detection rules and the cache folder (``<dataset>/splatlab_cache/``).
+detection rules and the per-user cache (never inside the dataset).
 """
 
 from .images import DatasetError, DatasetWarning

@@ -13,7 +13,7 @@ the time, the same reprojection error on a 50-photo phone capture).
 Speed on this project's 2-core machine (busy): 12 photos of 400x600, exhaustive: ~7 s; the fox
 capture's 50 photos at 720x1280, sequential: ~70 s (about 40 s unloaded).
 
-Cache: ``<cache root>/sfm/`` (``<folder>/splatlab_cache/sfm/`` by default) holds ``database.db``,
+Cache: ``<cache root>/sfm/`` (in the per-user cache by default, see scene.py) holds ``database.db``,
 ``sparse/0/`` (COLMAP binary model) and ``inputs.json``, written last, listing the photos (name,
 size, modification time) and the options. A later load with the same photos and options reuses
 the model; anything else reruns SfM. The photos themselves are never modified.

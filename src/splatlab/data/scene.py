@@ -12,8 +12,10 @@ Supported layouts (detected in this order):
                structure-from-motion with pycolmap first; see :mod:`splatlab.data.photos`.
 =============  ==============================================================================
 
-Caches. Nothing in a dataset folder is modified except the cache folder
-``<dataset>/splatlab_cache/`` (or ``cache_dir`` when given), which holds
+Caches. Nothing in a dataset folder is ever written (datasets may be read-only). Derived
+files go to a per-user cache, ``$SPLATLAB_CACHE`` or ``~/.cache/splatlab`` (``$XDG_CACHE_HOME``
+respected), in a folder per dataset named after it and keyed by its absolute path
+(``<cache>/<dataset name>-<hash>/``), or to ``cache_dir`` when given. It holds
 
 - ``undistorted/<images folder>/``: pinhole versions of images (and masks) taken with lens
   distortion (COLMAP non-pinhole cameras, nerfstudio k1/k2/p1/p2/k3), keyed on the inputs;
@@ -25,7 +27,9 @@ Delete the folder at any time; it is rebuilt on the next load.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -36,7 +40,20 @@ import torch
 from ..camera import Camera
 from .images import DatasetError, is_image_file, list_image_files, log
 
-CACHE_DIRNAME = "splatlab_cache"
+def user_cache_root() -> Path:
+    """Where splatlab keeps derived files: $SPLATLAB_CACHE, else $XDG_CACHE_HOME/splatlab, else
+    ~/.cache/splatlab."""
+    if os.environ.get("SPLATLAB_CACHE"):
+        return Path(os.environ["SPLATLAB_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "splatlab"
+
+
+def dataset_cache_dir(dataset_dir: Path) -> Path:
+    """The per-user cache folder of one dataset: named after it, keyed by its absolute path."""
+    resolved = Path(dataset_dir).expanduser().resolve()
+    key = hashlib.sha1(str(resolved).encode()).hexdigest()[:10]
+    return user_cache_root() / f"{resolved.name}-{key}"
 KINDS = ("colmap", "blender", "nerfstudio", "photos")
 
 
@@ -251,7 +268,7 @@ def detect_layout(path: Path) -> tuple[str, Path]:
         return "photos", path
     if (path / "images").is_dir() and list_image_files(path / "images"):
         return "photos", path / "images"
-    entries = sorted(p.name for p in path.iterdir() if p.name != CACHE_DIRNAME)
+    entries = sorted(p.name for p in path.iterdir() if p.name != "splatlab_cache")  # round 1's cache
     if not entries:
         raise DatasetError(f"{path}: the folder is empty; expected a dataset or image files")
     shown = ", ".join(entries[:10]) + (f", ... ({len(entries)} entries)" if len(entries) > 10 else "")
@@ -294,8 +311,8 @@ def load_scene(
         eval_split: Blender: which ``transforms_{eval_split}.json`` gives the test views ("test",
             falling back to "val" when absent; "val"; or "none"). nerfstudio: which
             ``{eval_split}_filenames`` list to use when the file has one.
-        cache_dir: where undistorted images and SfM results go; default ``<dataset>/splatlab_cache``.
-            ``False`` disables the undistortion cache.
+        cache_dir: where undistorted images and SfM results go; default the per-user cache
+            (``dataset_cache_dir``), never the dataset folder. ``False`` disables the undistortion cache.
         device: torch device to hold images and masks on (e.g. "cuda"); default CPU.
         num_random_points: size of the random initial point cloud for layouts without points
             (Blender, nerfstudio); 0 leaves ``points`` None.
@@ -319,7 +336,7 @@ def load_scene(
     if cache_dir is False:
         cache_root = None
     elif cache_dir is None:
-        cache_root = dataset_dir / CACHE_DIRNAME
+        cache_root = dataset_cache_dir(dataset_dir)
     else:
         cache_root = Path(cache_dir).expanduser()
     opts = LoadOptions(
@@ -350,5 +367,5 @@ def load_scene(
     from .photos import load_photos
 
     if cache_root is None:  # SfM needs somewhere to put its result
-        opts.cache_root = dataset_dir / CACHE_DIRNAME
+        opts.cache_root = dataset_cache_dir(dataset_dir)
     return load_photos(root, opts, dataset_dir=dataset_dir, undistort_cache=cache_root is not None)
