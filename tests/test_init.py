@@ -104,7 +104,7 @@ def test_bad_regions_are_clear_errors():
 def test_training_starts_inside_the_hull(tmp_path):
     scene = ball_scene()
     scene.test = scene.train[:2]
-    cfg = TrainConfig(output=tmp_path / "run", iterations=5, init_num_random=500, sh_degree=0, progress=False,
+    cfg = TrainConfig(output=tmp_path / "run", iterations=5, max_minutes=None, init_num_random=500, sh_degree=0, progress=False,
                       save_renders=False, save_at=(), eval_at=())
     trainer = Run(cfg, scene)
     said = []

@@ -21,7 +21,7 @@ from helpers import write_demo_blender
 from splatlab.io import read_ply
 
 ITERATIONS = 90
-OPTIONS = ["--iterations", ITERATIONS, "--checkpoint-every", 13, "--no-progress", "--init-num-random", 800,
+OPTIONS = ["--iterations", ITERATIONS, "--max-minutes", "None", "--checkpoint-every", 13, "--no-progress", "--init-num-random", 800,
            "--sh-degree", 1, "--sh-degree-interval", 30, "--save-at", ITERATIONS, "--eval-at", ITERATIONS,
            "--no-save-renders", "strategy:default", "--strategy.refine-start", 10, "--strategy.refine-every", 10,
            "--strategy.reset-every", 50, "--strategy.refine-stop", 70]

@@ -49,7 +49,7 @@ def synthetic_scene(num_views: int = 12, size: int = 32, seed: int = 0) -> Scene
 def tiny_config(tmp_path: Path, **kw) -> TrainConfig:
     strategy = DefaultStrategyConfig(refine_start=20, refine_stop=150, refine_every=20, reset_every=100,
                                     max_gaussians=2000)
-    base = TrainConfig(output=tmp_path / "run", iterations=200, sh_degree=1, sh_degree_interval=50,
+    base = TrainConfig(output=tmp_path / "run", iterations=200, max_minutes=None, sh_degree=1, sh_degree_interval=50,
                        save_at=(100,), eval_at=(), checkpoint_every=50, progress=False,
                        strategy=strategy, seed=3)
     return replace(base, **kw)

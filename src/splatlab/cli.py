@@ -71,6 +71,15 @@ def _background_of_run(run: Optional[Path], scene=None) -> tuple[float, float, f
     return (0.0, 0.0, 0.0)
 
 
+def _config_of_run(run: Optional[Path]) -> Optional[TrainConfig]:
+    if run is None or not (run / "config.json").exists():
+        return None
+    try:
+        return TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
+    except (ValueError, TypeError):
+        return None  # a run of an older splatlab: its settings are not needed to evaluate
+
+
 def _dataset_of_run(run: Optional[Path]) -> Optional[Path]:
     if run is None or not (run / "config.json").exists():
         return None
@@ -104,6 +113,13 @@ class Train:
 
         cfg = self.resolve_config()
         RunFolder(cfg.output).check(self.resume, self.force)  # before the dataset loads
+        if cfg.data.downscale is None:
+            from .data.scene import peek_image_size
+            from .train.auto import choose_downscale
+
+            choice = choose_downscale(*peek_image_size(cfg.data.path), cfg.device, cfg.max_minutes)
+            print(f"info: {choice.reason}", file=sys.stderr)
+            cfg = replace(cfg, data=replace(cfg.data, downscale=choice.downscale))
         scene = load_training_scene(cfg)
         run = Run(cfg, scene)
         run.subscribe(ConsoleReporter(progress=cfg.progress))
@@ -145,8 +161,12 @@ def load_training_scene(cfg: TrainConfig):
     from .data import load_scene
 
     data = cfg.data
-    return load_scene(data.path, downscale=data.downscale, test_every=data.test_every,
-                      eval_split=data.eval_split, device=cfg.device if data.images_on_device else None)
+    scene = load_scene(data.path, downscale=data.downscale or 1, test_every=data.test_every,
+                       eval_split=data.eval_split, device=cfg.device if data.images_on_device else None)
+    if not data.masks:
+        for view in scene.train + scene.test:
+            view.mask = None
+    return scene
 
 
 # ---- render ------------------------------------------------------------------------------------
@@ -256,8 +276,10 @@ class Eval:
     """A .ply or a `splatlab train` output folder."""
     data: tyro.conf.Positional[Optional[Path]] = None
     """The dataset (default: the one the model was trained on)."""
-    downscale: int = 1
-    """Downscale factor of the images (as in training)."""
+    downscale: Optional[int] = None
+    """Downscale factor of the images (default: the training run's, else 1)."""
+    masks: Optional[bool] = None
+    """Measure over the dataset's masked pixels (default: as the training run did, else yes)."""
     split: str = "test"
     """Blender: which transforms_<split>.json (falls back to val)."""
     background: Optional[tuple[float, float, float]] = None
@@ -275,7 +297,13 @@ class Eval:
         data = self.data or _dataset_of_run(run)
         if data is None:
             raise CLIError("no dataset: pass DATA (splatlab eval MODEL DATA)")
-        scene = load_scene(data, downscale=self.downscale, eval_split=self.split, verbose=False)
+        saved = _config_of_run(run)
+        downscale = self.downscale or (saved.data.downscale if saved else None) or 1
+        masks = self.masks if self.masks is not None else (saved.data.masks if saved else True)
+        scene = load_scene(data, downscale=downscale, eval_split=self.split, verbose=False)
+        if not masks:
+            for view in scene.test:
+                view.mask = None
         if not scene.test:
             raise CLIError(f"{data} has no test views to evaluate on")
         bg = self.background or _background_of_run(run, scene)
@@ -286,16 +314,20 @@ class Eval:
         mean = result
         has_lpips = "lpips" in mean
         width = max(len(r["name"]) for r in rows)
-        print(f"{'view':<{width}}  {'PSNR':>7}  {'SSIM':>6}" + ("  LPIPS" if has_lpips else ""))
+        pixels = mean.pop("pixels")
+        print(f"{len(rows)} test views at downscale {downscale}, measured over {pixels}; "
+              "PSNR-exp: right half after an affine colour fit on the left half (3DGS exposure protocol)")
+        print(f"{'view':<{width}}  {'PSNR':>7}  {'SSIM':>6}  {'PSNR-exp':>8}" + ("  LPIPS" if has_lpips else ""))
         for r in [*rows, {"name": "mean", **mean}]:
-            print(f"{r['name']:<{width}}  {r['psnr']:7.2f}  {r['ssim']:6.4f}" + (f"  {r['lpips']:.4f}" if has_lpips else ""))
+            print(f"{r['name']:<{width}}  {r['psnr']:7.2f}  {r['ssim']:6.4f}  {r['psnr_exposure']:8.2f}"
+                  + (f"  {r['lpips']:.4f}" if has_lpips else ""))
         if not has_lpips:
             print(f"LPIPS unavailable: {lpips.reason}")
         if self.output:
             from .io import atomic_write
 
             with atomic_write(self.output, "w") as f:
-                json.dump({"model": str(ply), "data": str(data), **mean, "per_image": rows}, f, indent=2)
+                json.dump({"model": str(ply), "data": str(data), "pixels": pixels, **mean, "per_image": rows}, f, indent=2)
         return 0
 
 

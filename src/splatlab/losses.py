@@ -33,6 +33,11 @@ def ssim(img1: torch.Tensor, img2: torch.Tensor, window_size: int = SSIM_WINDOW,
 
     Gaussian-weighted local statistics (11x11, sigma 1.5), zero-padded as the 3DGS code does.
     """
+    return ssim_map(img1, img2, window_size, sigma).mean()
+
+
+def ssim_map(img1: torch.Tensor, img2: torch.Tensor, window_size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> torch.Tensor:
+    """Per-pixel, per-channel SSIM [B, C, H, W] of two images [H, W, C] or [B, H, W, C]."""
     if img1.shape != img2.shape:
         raise ValueError(f"ssim: image shapes differ: {list(img1.shape)} vs {list(img2.shape)}")
     x = img1 if img1.dim() == 4 else img1.unsqueeze(0)
@@ -45,7 +50,7 @@ def ssim(img1: torch.Tensor, img2: torch.Tensor, window_size: int = SSIM_WINDOW,
     sxx, syy, sxy = exx - mu_x * mu_x, eyy - mu_y * mu_y, exy - mu_x * mu_y
     num = (2 * mu_x * mu_y + SSIM_C1) * (2 * sxy + SSIM_C2)
     den = (mu_x * mu_x + mu_y * mu_y + SSIM_C1) * (sxx + syy + SSIM_C2)
-    return (num / den).mean()
+    return num / den
 
 
 def l1(img1: torch.Tensor, img2: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from .losses import ssim
+from .losses import ssim, ssim_map
 
 
 def psnr(img1: torch.Tensor, img2: torch.Tensor) -> float:
@@ -15,16 +15,61 @@ def psnr(img1: torch.Tensor, img2: torch.Tensor) -> float:
     return float("inf") if mse == 0 else -10.0 * math.log10(mse)
 
 
-def ssim_metric(img1: torch.Tensor, img2: torch.Tensor) -> float:
-    return float(ssim(img1.clamp(0, 1), img2.clamp(0, 1)).item())
+def psnr_masked(img1: torch.Tensor, img2: torch.Tensor, mask: torch.Tensor | None) -> float:
+    """PSNR over the pixels where mask [H, W] is True (all pixels when mask is None)."""
+    if mask is None:
+        return psnr(img1, img2)
+    m = mask.to(img1.device).bool()
+    count = int(m.sum()) * img1.shape[-1]
+    if count == 0:
+        return float("nan")
+    mse = float(((img1.double() - img2.double()) ** 2)[m].sum()) / count
+    return float("inf") if mse == 0 else -10.0 * math.log10(mse)
+
+
+def ssim_metric(img1: torch.Tensor, img2: torch.Tensor, mask: torch.Tensor | None = None) -> float:
+    """Mean SSIM, over the pixels where mask [H, W] is True when a mask is given."""
+    if mask is None:
+        return float(ssim(img1.clamp(0, 1), img2.clamp(0, 1)).item())
+    values = ssim_map(img1.clamp(0, 1), img2.clamp(0, 1))[0].mean(0)  # [H, W]
+    m = mask.to(values.device).bool()
+    return float(values[m].mean()) if m.any() else float("nan")
+
+
+def fit_affine_colour(render: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """[4, 3] least-squares affine colour map M with [rgb, 1] @ M ~ target, over the pixels
+    where mask [H, W] is True. Images [H, W, 3]."""
+    x = torch.cat([render.double().reshape(-1, 3), render.new_ones(render.shape[0] * render.shape[1], 1).double()], 1)
+    y = target.double().reshape(-1, 3)
+    if mask is not None:
+        keep = mask.reshape(-1).to(x.device).bool()
+        x, y = x[keep], y[keep]
+    if len(x) < 8:
+        return torch.cat([torch.eye(3), torch.zeros(1, 3)]).double()
+    ridge = 1e-6 * torch.eye(4, dtype=torch.float64)  # a flat region must not make it singular
+    return torch.linalg.solve(x.T @ x + ridge, x.T @ y)
+
+
+def psnr_exposure_fitted(render: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> float:
+    """The 3DGS protocol for models trained with exposure compensation: fit an affine colour
+    transform on the left half of the image, apply it, and measure PSNR on the right half."""
+    w = render.shape[1]
+    half = w // 2
+    left_mask = None if mask is None else mask[:, :half]
+    m = fit_affine_colour(render[:, :half], target[:, :half], left_mask)
+    right = render[:, half:].double().reshape(-1, 3)
+    mapped = (torch.cat([right, right.new_ones(len(right), 1)], 1) @ m).reshape(render.shape[0], w - half, 3)
+    return psnr_masked(mapped.clamp(0, 1), target[:, half:], None if mask is None else mask[:, half:])
 
 
 def evaluate_views(gaussians, views, settings, lpips: "LPIPS | None" = None, device=None, on_image=None) -> dict:
     """Render every view and compare with its image: PSNR / SSIM (/ LPIPS when available).
 
-    Returns {"psnr", "ssim"[, "lpips"], "per_image": [{"name", "psnr", "ssim"[, "lpips"]}, ...]}
-    (means omitted when there are no views). `on_image(i, view, render)` sees each render
-    [H, W, 3] in [0, 1], e.g. to save it.
+    A view with a mask is measured over its masked pixels (the ones training counts). Also
+    reports "psnr_exposure": PSNR on the right half after an affine colour fit on the left
+    half (psnr_exposure_fitted). Returns {"psnr", "ssim", "psnr_exposure"[, "lpips"],
+    "pixels", "per_image": [...]} (means omitted when there are no views). `on_image(i, view,
+    render)` sees each render [H, W, 3] in [0, 1], e.g. to save it.
     """
     from .render import rasterize
 
@@ -34,16 +79,21 @@ def evaluate_views(gaussians, views, settings, lpips: "LPIPS | None" = None, dev
         with torch.no_grad():
             image = rasterize(gaussians, camera, settings).image.clamp(0, 1)
         gt = view.image_float(device)
-        row = {"name": view.name, "psnr": psnr(image, gt), "ssim": ssim_metric(image, gt)}
-        if lpips is not None and lpips.available:
+        mask = view.mask
+        row = {"name": view.name, "psnr": psnr_masked(image, gt, mask), "ssim": ssim_metric(image, gt, mask),
+               "psnr_exposure": psnr_exposure_fitted(image, gt, mask)}
+        if lpips is not None and lpips.available and mask is None:
             row["lpips"] = lpips(image.cpu(), gt.cpu())
         per_image.append(row)
         if on_image is not None:
             on_image(i, view, image)
     result: dict = {}
-    for key in ("psnr", "ssim", "lpips"):
+    for key in ("psnr", "ssim", "psnr_exposure", "lpips"):
         if per_image and key in per_image[0]:
             result[key] = sum(r[key] for r in per_image) / len(per_image)
+    masked = sum(v.mask is not None for v in views)
+    result["pixels"] = ("all pixels" if masked == 0 else
+                        f"masked pixels (the dataset's masks) in {masked} of {len(views)} views")
     result["per_image"] = per_image
     return result
 

@@ -369,3 +369,20 @@ def load_scene(
     if cache_root is None:  # SfM needs somewhere to put its result
         opts.cache_root = dataset_cache_dir(dataset_dir)
     return load_photos(root, opts, dataset_dir=dataset_dir, undistort_cache=cache_root is not None)
+
+
+def peek_image_size(path) -> tuple[int, int]:
+    """(width, height) of a dataset's full-size images, read from one file's header (no decoding).
+
+    Used to choose a training resolution before loading anything."""
+    path = Path(path).expanduser()
+    kind, root = detect_layout(path)
+    base = root.parent if kind == "nerfstudio" else root
+    for folder in (base / "images", base / "train", base):
+        if folder.is_dir():
+            files = sorted(p for p in folder.rglob("*") if is_image_file(p) and "splatlab_cache" not in p.parts)
+            if files:
+                from .images import image_size
+
+                return image_size(files[0])
+    raise DatasetError(f"{path}: no image files found")

@@ -23,6 +23,7 @@ from typing import Annotated, Optional, Union
 import tyro
 
 from ..render.settings import RenderSettings
+from .exposure import ExposureConfig
 from .init import InitRegion
 from .strategy import DefaultStrategyConfig, MCMCStrategyConfig
 
@@ -37,8 +38,12 @@ class DataConfig:
 
     path: tyro.conf.Positional[Optional[Path]] = None
     """Dataset folder: COLMAP, Blender transforms_*.json, nerfstudio transforms.json, or photos."""
-    downscale: int = 1
-    """Downscale images by 1, 2, 4 or 8 (uses images_N/ folders when present)."""
+    downscale: Optional[int] = None
+    """Downscale images by 1, 2, 4 or 8 (uses images_N/ folders when present). None = chosen
+    from the image size, the device and the budget (train/auto.py), and logged."""
+    masks: bool = True
+    """Use the dataset's masks (masks/): train and evaluate on the masked pixels only.
+    --no-masks uses every pixel (e.g. to learn the sky around a masked object)."""
     test_every: int = 8
     """COLMAP/photos: every N-th image (sorted by name) is held out for testing; 0 = none."""
     eval_split: str = "test"
@@ -47,7 +52,7 @@ class DataConfig:
     """Keep all images on the training device (GPU) instead of copying one per step."""
 
     def validate(self) -> None:
-        if self.downscale < 1:
+        if self.downscale is not None and self.downscale < 1:
             raise ConfigError(f"--downscale must be >= 1, got {self.downscale}")
         if self.test_every < 0:
             raise ConfigError(f"--test-every must be >= 0, got {self.test_every}")
@@ -102,9 +107,10 @@ class TrainConfig:
     """Output folder; default outputs/<dataset name>."""
     iterations: int = 30_000
     """Optimisation steps (one camera per step)."""
-    max_minutes: Optional[float] = None
-    """Wall-clock budget: the schedule (lr decay, densification, SH ramp) is scaled to the
-    iterations that fit, estimated from the measured speed, and the run ends cleanly."""
+    max_minutes: Optional[float] = 15.0
+    """Wall-clock budget in minutes (training, saving and the final evaluation): the schedule
+    (lr decay, densification, SH ramp) is scaled to the iterations that fit, estimated from the
+    measured speed, and the run ends cleanly. None = no budget: run all --iterations."""
     device: str = "cpu"
     """Torch device for parameters and rendering."""
     sh_degree: int = 3
@@ -113,6 +119,8 @@ class TrainConfig:
     """Raise the active SH degree by one every this many iterations."""
     ssim_lambda: float = 0.2
     """Loss = (1 - lambda) L1 + lambda (1 - SSIM)."""
+    exposure: ExposureConfig = field(default_factory=ExposureConfig)
+    """Per-image exposure compensation (train/exposure.py)."""
     random_background: bool = False
     """Render over a random colour each step (discourages using the background as colour)."""
     init_opacity: float = 0.1

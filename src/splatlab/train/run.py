@@ -34,7 +34,8 @@ from .optim import means_lr_at
 from .outputs import RunFolder
 from .schedule import sh_degree_at
 from .state import TrainState, seed_everything
-from .step import StepPlan, StepResult, StepView, train_step
+from .exposure import Exposure
+from .step import LossSettings, StepPlan, StepResult, StepView, train_step
 from .strategy import DefaultStrategy, DefaultStrategyConfig, MCMCStrategy, Strategy
 
 LOG_EVERY = 10  # steps between StepEvents (and host reads of the loss)
@@ -112,11 +113,19 @@ class Run:
         self.background = tuple(scene.background or config.render.background)
         self.events = EventBus()
         self.strategy = make_strategy(config.strategy)
+        self.losses = LossSettings(config.ssim_lambda, config.exposure if self.uses_exposure else None)
         self.state: Optional[TrainState] = None
         self.budget: Optional[TimeBudget] = None
         self.history: list[dict] = []
         self.elapsed = 0.0  # training seconds, earlier sessions of a resumed run included
         self._lpips: Optional[LPIPS] = None
+
+    @property
+    def uses_exposure(self) -> bool:
+        """Exposure compensation: on for photographs (not for renders of a synthetic scene, which
+        have one exposure and a known background), unless the config says otherwise."""
+        wanted = self.config.exposure.enabled
+        return wanted if wanted is not None else self.scene.background is None
 
     @property
     def output(self) -> Path:
@@ -169,8 +178,13 @@ class Run:
         self.state = TrainState.create(gaussians, cfg.optim, scene.extent,
                                        self.strategy.initialize_state(scene.extent),
                                        len(scene.train), cfg.seed, self.device)
+        self._add_extras()
         self.elapsed = time.perf_counter() - started  # placing the Gaussians is part of the run
         self._say(f"{len(gaussians)} initial Gaussians from {region}")
+        masked = sum(v.mask is not None for v in scene.train)
+        if masked:
+            self._say(f"{masked} of {len(scene.train)} training views have masks: the loss, the progress "
+                      "PSNR and the evaluation count the masked pixels only (--no-masks to use every pixel)")
         if cfg.max_minutes is not None:
             per_step = self._probe_seconds_per_step()
             self.budget = TimeBudget.plan(60.0 * cfg.max_minutes, cfg.iterations, per_step,
@@ -186,12 +200,17 @@ class Run:
                                 "resume with the run's own config (splatlab train --resume --output DIR)")
         self.state = TrainState.create(Gaussians.empty(self.config.sh_degree), self.config.optim,
                                        self.scene.extent, {}, len(self.scene.train), self.config.seed, self.device)
+        self._add_extras()
         self.state.load_state_dict(saved["state"], self.config.optim, self.scene.extent, self.device)
         self.budget = None if saved["budget"] is None else TimeBudget.from_state_dict(saved["budget"])
         self.elapsed, self.history = saved["elapsed"], saved["history"]
         self.folder.truncate_log(self.state.step)
         self._rescale_schedule()
         self._say(f"resumed from step {self.state.step} ({self.elapsed / 60:.1f} min trained)")
+
+    def _add_extras(self) -> None:
+        if self.uses_exposure:
+            self.state.extras["exposure"] = Exposure(len(self.scene.train), self.device)
 
     def _rescale_schedule(self) -> None:
         """The strategy's iteration counts follow the planned length of the run."""
@@ -207,7 +226,7 @@ class Run:
         while state.step < self.total:
             clock = time.perf_counter()
             result = train_step(state, self.strategy, self._batch(), self._plan(state.step + 1),
-                                self._settings(), cfg.ssim_lambda)
+                                self._settings(), self.losses)
             self.elapsed += time.perf_counter() - clock
             if self._stop.requested:
                 raise KeyboardInterrupt
@@ -338,7 +357,7 @@ class Run:
             view = self.scene.train[i % len(self.scene.train)]
             step_view = StepView(view.camera.to(self.device), view.image_float(self.device), None, self.background, 0)
             t0 = time.perf_counter()
-            train_step(scratch, _NoStrategy(), [step_view], plan, settings, self.config.ssim_lambda)
+            train_step(scratch, _NoStrategy(), [step_view], plan, settings, LossSettings(self.config.ssim_lambda))
             times.append(time.perf_counter() - t0)
         return float(torch.tensor(times[1:]).median())  # the first may load compiled kernels
 

@@ -21,6 +21,7 @@ import torch
 from ..camera import Camera
 from ..losses import photometric_loss
 from ..render import RenderOutput, RenderSettings, rasterize
+from .exposure import ExposureConfig
 from .state import TrainState
 from .strategy import Strategy
 
@@ -44,6 +45,14 @@ class StepPlan:
     progress: float  # fraction of the schedule, in [0, 1]
     means_lr: float
     sh_degree: int
+
+
+@dataclass
+class LossSettings:
+    """How the step's loss is made (from TrainConfig)."""
+
+    ssim_lambda: float = 0.2
+    exposure: Optional[ExposureConfig] = None  # learn per-image exposure (state.extras["exposure"])
 
 
 @dataclass
@@ -88,23 +97,25 @@ def train_step(
     views: list[StepView],
     plan: StepPlan,
     settings: RenderSettings,
-    ssim_lambda: float,
+    losses: LossSettings,
     reduce: Optional[Reduce] = None,
 ) -> StepResult:
     """One optimisation step over a batch of views (their losses are averaged)."""
+    exposure = state.extras.get("exposure") if losses.exposure is not None else None
     for opt in state.optimizers.values():
         for group in opt.param_groups:
             if group.get("name") == "means":
                 group["lr"] = plan.means_lr
-    outs, losses, mses = [], [], []
+    outs, view_losses, mses = [], [], []
     for view in views:
         out = render_view(state, view, settings, plan)
         strategy.step_pre_backward(state.params, state.optimizers, state.strategy_state, plan.iteration, out)
-        loss, mse = masked_loss(out.image, view.target, view.mask, ssim_lambda)
+        image = out.image if exposure is None else exposure.apply(out.image, view.index)  # [H, W, 3]
+        loss, mse = masked_loss(image, view.target, view.mask, losses.ssim_lambda)
         outs.append(out)
-        losses.append(loss)
+        view_losses.append(loss)
         mses.append(mse)
-    loss = torch.stack(losses).mean()
+    loss = torch.stack(view_losses).mean()
     extra = strategy.loss(state.params, state.strategy_state, plan.iteration)
     total = loss if extra is None else loss + extra
     total.backward()
@@ -112,6 +123,8 @@ def train_step(
         reduce(state)
     for opt in state.optimizers.values():
         opt.step()
+    if exposure is not None:
+        exposure.step(plan.progress, losses.exposure)
     state.step = plan.iteration
     messages = strategy.step_post_backward(
         state.params, state.optimizers, state.strategy_state, plan.iteration, outs, lr_means=plan.means_lr

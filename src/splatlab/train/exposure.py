@@ -1,0 +1,63 @@
+"""Exposure compensation: a learned affine colour transform per training image.
+
+Photo collections change exposure and white balance from photo to photo. Without
+compensation the Gaussians explain those changes with view-dependent colour and floaters.
+As the official 3DGS train.py does (its `exposure_optimizer`, added with the 2024 depth
+regularisation release), each training image i gets a 3x4 matrix E_i, initialised to
+[I | 0], applied to the render before the loss:
+
+    rgb' = rgb @ E_i[:, :3] + E_i[:, 3]
+
+trained by its own Adam with an exponentially decaying learning rate (3DGS: 1e-2 -> 1e-3).
+Test views have no learned transform; `metrics.psnr_exposure_fitted` is the matching
+evaluation protocol (fit on the left half of a test image, measure on the right half).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from .schedule import exp_decay
+
+
+@dataclass
+class ExposureConfig:
+    """Per-image exposure compensation (3DGS train.py's exposure_optimizer)."""
+
+    enabled: Optional[bool] = None
+    """Learn an affine colour transform per training image. None = on for photographs, off
+    for renders of synthetic scenes (datasets with a known background: one fixed exposure)."""
+    lr: float = 1e-2
+    """Initial learning rate (3DGS exposure_lr_init)."""
+    lr_final: float = 1e-3
+    """Final learning rate (3DGS exposure_lr_final); exponential decay over the run."""
+
+
+class Exposure:
+    """The transforms of all training views and their optimizer."""
+
+    def __init__(self, num_views: int, device: torch.device) -> None:
+        eye = torch.eye(3, 4, device=device)
+        self.matrices = torch.nn.Parameter(eye.repeat(num_views, 1, 1))  # [V, 3, 4]
+        self.optimizer = torch.optim.Adam([self.matrices], lr=1e-2, eps=1e-15)
+
+    def apply(self, image: torch.Tensor, index: int) -> torch.Tensor:
+        """image [H, W, 3] -> the image as training view `index` was exposed."""
+        e = self.matrices[index]  # [3, 4]
+        return image @ e[:, :3] + e[:, 3]
+
+    def step(self, progress: float, config: ExposureConfig) -> None:
+        self.optimizer.param_groups[0]["lr"] = exp_decay(config.lr, config.lr_final, progress)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def state_dict(self) -> dict:
+        return {"matrices": self.matrices.detach().cpu(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, d: dict) -> None:
+        with torch.no_grad():
+            self.matrices.copy_(d["matrices"].to(self.matrices.device))
+        self.optimizer.load_state_dict(d["optimizer"])
