@@ -51,8 +51,11 @@ def main() -> int:
         return 1
 
     from splatlab.data import load_scene
+    from splatlab.render import RenderSettings
     from splatlab.train.config import DataConfig, TrainConfig
-    from splatlab.train.trainer import StepEvent, Trainer
+    from splatlab.train.events import StepEvent
+    from splatlab.train.run import Run
+    from splatlab.train.strategy import DefaultStrategyConfig, MCMCStrategyConfig
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -63,21 +66,22 @@ def main() -> int:
           f"torch threads {torch.get_num_threads()}, {platform.processor() or platform.machine()}")
 
     def config(minutes: float, out: Path) -> TrainConfig:
+        strategy = DefaultStrategyConfig() if args.strategy == "default" else MCMCStrategyConfig()
         return TrainConfig(data=DataConfig(path=args.data, eval_split="val"), output=out, max_minutes=minutes,
-                           strategy=args.strategy, save_at=(), eval_at=(), checkpoint_every=10**9,
-                           save_renders=False, num_threads=args.threads)
+                           strategy=strategy, save_at=(), eval_at=(), checkpoint_every=10**9,
+                           save_renders=False, render=RenderSettings(num_threads=args.threads))
 
     rows = []
     started = time.time()
     if args.budgets:
         for minutes in args.budgets:
-            trainer = Trainer(config(minutes, args.output / f"budget_{minutes:g}"), scene)
+            trainer = Run(config(minutes, args.output / f"budget_{minutes:g}"), scene)
             result = trainer.train(force=True)
             rows.append(_row(minutes, result.metrics, result.step, trainer.elapsed, "budget"))
             print(_format(rows[-1]), flush=True)
     else:
         checkpoints = sorted(args.checkpoints)
-        trainer = Trainer(config(checkpoints[-1], args.output / "checkpoints"), scene)
+        trainer = Run(config(checkpoints[-1], args.output / "checkpoints"), scene)
         pending = list(checkpoints)
 
         def on_event(event):

@@ -133,6 +133,11 @@ class TrainConfig:
     random and the images have alpha, else the points (frusta when there are none)."""
     init_num_random: int = 100_000
     """How many Gaussians "hull", "frusta" and "box" place."""
+    background_gaussians: int = 20_000
+    """Directions on a sphere behind the scene (twice the reach of the SfM points) where
+    Gaussians for the sky and far surroundings start, coloured from the images; those no view
+    sees are dropped. Used when every pixel is trained (no masks) and the dataset has no
+    background colour of its own. 0 = none."""
     seed: int = 0
     """Seed for camera order, initialisation and densification randomness."""
     save_at: tuple[int, ...] = (7_000, 30_000)
@@ -162,6 +167,8 @@ class TrainConfig:
         for name, value in positive.items():
             if value < 1:
                 raise ConfigError(f"--{name} must be >= 1, got {value}")
+        if self.background_gaussians < 0:
+            raise ConfigError(f"--background-gaussians must be >= 0, got {self.background_gaussians}")
         if self.max_minutes is not None and not (math.isfinite(self.max_minutes) and self.max_minutes > 0):
             raise ConfigError(f"--max-minutes must be a positive number of minutes, got {self.max_minutes}")
         if not (math.isfinite(self.checkpoint_minutes) and self.checkpoint_minutes > 0):

@@ -26,11 +26,13 @@ its `n` points quickly.
 
 from __future__ import annotations
 
+import math
 from typing import Literal, Optional
 
 import torch
 
 from ..gaussians import Gaussians
+from ..sh import num_sh_bases, rgb_to_sh0
 
 InitRegion = Literal["auto", "points", "hull", "frusta", "box"]
 HULL_TOLERANCE = 0.02  # fraction of the seeing views allowed to put a point on background
@@ -138,3 +140,61 @@ def initial_gaussians(scene, region: InitRegion, num_random: int, sh_degree: int
     if used == "points":
         return Gaussians.from_points(scene.points, scene.point_colors, sh_degree, init_opacity), used
     return random_init(scene, num_random, used, sh_degree, init_opacity, generator=torch.Generator().manual_seed(seed))
+
+
+# ---- what lies beyond the scene: Gaussians on a sphere ----------------------------------------
+
+
+def fibonacci_sphere(n: int) -> torch.Tensor:
+    """[n, 3] unit vectors spread evenly over the sphere (the golden-angle spiral)."""
+    i = torch.arange(n, dtype=torch.float64) + 0.5
+    z = 1.0 - 2.0 * i / n
+    r = torch.sqrt(1.0 - z * z)
+    phi = math.pi * (3.0 - math.sqrt(5.0)) * i
+    return torch.stack([r * torch.cos(phi), r * torch.sin(phi), z], dim=-1)
+
+
+def background_sphere(scene) -> tuple[torch.Tensor, float]:
+    """(centre [3], radius) of a sphere behind everything the SfM points and cameras show."""
+    centre = torch.stack([v.camera.position.double() for v in scene.train]).mean(0)
+    reach = float(scene.extent)
+    if scene.points is not None and len(scene.points) > 16:
+        dist = (scene.points.double() - centre).norm(dim=-1)
+        reach = max(reach, float(torch.quantile(dist, 0.99)))
+    return centre, 2.0 * reach
+
+
+@torch.no_grad()
+def background_gaussians(scene, n: int, sh_degree: int, opacity: float) -> Gaussians | None:
+    """Gaussians on a sphere around the scene for the sky, far walls and floor beyond the SfM
+    points, so that they are learned instead of left to the background colour.
+
+    `n` directions evenly over the sphere at twice the reach of the SfM points; the ones that
+    no training view sees are dropped. Each is coloured with the median, over the views that
+    see it, of the pixel it projects to (the median ignores the views where the object is in
+    front), and is as wide as the spacing of its neighbours.
+    """
+    centre, radius = background_sphere(scene)
+    points = centre + radius * fibonacci_sphere(n)  # [n, 3]
+    samples = []  # per view: [n, 3] colour, NaN where the view does not see the point
+    for view in scene.train:
+        uvz = view.camera.project(points)  # [n, 3]
+        u, v, z = uvz.unbind(-1)
+        inside = (z > 0) & (u >= 0) & (v >= 0) & (u < view.width) & (v < view.height)
+        rgb = view.image[v.clamp(0, view.height - 1).long(), u.clamp(0, view.width - 1).long()].double() / 255.0
+        samples.append(torch.where(inside.unsqueeze(-1), rgb, torch.full_like(rgb, float("nan"))))
+    colours = torch.stack(samples).nanmedian(dim=0).values  # [n, 3]
+    seen = ~colours.isnan().any(-1)
+    if not seen.any():
+        return None
+    spacing = radius * math.sqrt(4.0 * math.pi / n)  # mean distance between neighbours
+    m = int(seen.sum())
+    k = num_sh_bases(sh_degree)
+    return Gaussians(
+        means=points[seen].float(),
+        quats=torch.tensor([1.0, 0.0, 0.0, 0.0]).repeat(m, 1),
+        log_scales=torch.full((m, 3), math.log(0.5 * spacing)),
+        logit_opacities=torch.full((m,), math.log(opacity / (1.0 - opacity))),
+        sh0=rgb_to_sh0(colours[seen].float()).unsqueeze(1),
+        shN=torch.zeros(m, k - 1, 3),
+    )

@@ -29,7 +29,7 @@ from ..render import RenderSettings
 from .budget import TimeBudget
 from .config import ConfigError, TrainConfig
 from .events import EndEvent, EvalEvent, EventBus, MessageEvent, SnapshotEvent, StepEvent, Subscriber
-from .init import initial_gaussians
+from .init import background_gaussians, background_sphere, initial_gaussians
 from .optim import means_lr_at
 from .outputs import RunFolder
 from .schedule import sh_degree_at
@@ -39,6 +39,7 @@ from .step import LossSettings, StepPlan, StepResult, StepView, train_step
 from .strategy import DefaultStrategy, DefaultStrategyConfig, MCMCStrategy, Strategy
 
 LOG_EVERY = 10  # steps between StepEvents (and host reads of the loss)
+BACKGROUND_OPACITY = 0.5  # initial opacity of the background sphere's Gaussians
 
 
 class TrainingError(RuntimeError):
@@ -175,12 +176,15 @@ class Run:
         started = time.perf_counter()
         gaussians, region = initial_gaussians(scene, cfg.init_region, cfg.init_num_random, cfg.sh_degree,
                                               cfg.init_opacity, cfg.seed)
-        self.state = TrainState.create(gaussians, cfg.optim, scene.extent,
-                                       self.strategy.initialize_state(scene.extent),
+        self._say(f"{len(gaussians)} initial Gaussians from {region}")
+        gaussians = self._with_background(gaussians)
+        strategy_state = self.strategy.initialize_state(scene.extent)
+        if "scene_centre" in strategy_state:
+            strategy_state["scene_centre"] = background_sphere(scene)[0].float().to(self.device)
+        self.state = TrainState.create(gaussians, cfg.optim, scene.extent, strategy_state,
                                        len(scene.train), cfg.seed, self.device)
         self._add_extras()
         self.elapsed = time.perf_counter() - started  # placing the Gaussians is part of the run
-        self._say(f"{len(gaussians)} initial Gaussians from {region}")
         masked = sum(v.mask is not None for v in scene.train)
         if masked:
             self._say(f"{masked} of {len(scene.train)} training views have masks: the loss, the progress "
@@ -207,6 +211,20 @@ class Run:
         self.folder.truncate_log(self.state.step)
         self._rescale_schedule()
         self._say(f"resumed from step {self.state.step} ({self.elapsed / 60:.1f} min trained)")
+
+    def _with_background(self, gaussians: Gaussians) -> Gaussians:
+        """Add Gaussians on a sphere for the sky and far surroundings (init.background_gaussians)
+        when every pixel is trained (no masks) and the dataset has no background colour."""
+        scene, n = self.scene, self.config.background_gaussians
+        if n <= 0 or scene.background is not None or any(v.mask is not None for v in scene.train):
+            return gaussians
+        sky = background_gaussians(scene, n, self.config.sh_degree, BACKGROUND_OPACITY)
+        if sky is None:
+            return gaussians
+        radius = background_sphere(scene)[1]
+        self._say(f"{len(sky)} background Gaussians on a sphere of radius {radius:.3g} for the sky and "
+                  "far surroundings (--background-gaussians 0 to leave them out)")
+        return Gaussians.cat([gaussians, sky])
 
     def _add_extras(self) -> None:
         if self.uses_exposure:

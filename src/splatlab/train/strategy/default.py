@@ -142,7 +142,7 @@ class DefaultStrategyConfig:
 class DefaultStrategy(Strategy):
     """3DGS adaptive density control; state holds the gradient statistics (see module doc).
 
-    State keys: scene_extent (float); grad2d [N] (sum of gradient norms), count [N] (views in
+    State keys: scene_extent (float); scene_centre ([3] or None: see _reach); grad2d [N] (sum of gradient norms), count [N] (views in
     which the Gaussian was visible), max_radii [N] (largest radius / max(W, H)) — all None until
     the first statistics update, reset to zeros after each refine.
     """
@@ -156,7 +156,7 @@ class DefaultStrategy(Strategy):
         scene_extent = float(scene_extent)
         if not (scene_extent > 0 and math.isfinite(scene_extent)):
             raise ValueError(f"scene_extent must be a positive finite number, got {scene_extent}")
-        return {"scene_extent": scene_extent, "grad2d": None, "count": None, "max_radii": None}
+        return {"scene_extent": scene_extent, "scene_centre": None, "grad2d": None, "count": None, "max_radii": None}
 
     # ---- statistics ---------------------------------------------------------------------
 
@@ -215,6 +215,17 @@ class DefaultStrategy(Strategy):
         count += weight
         radii = info.radii.to(max_radii.dtype) * weight / float(max(width, height))  # [N]
         torch.maximum(max_radii, radii, out=max_radii)
+
+    @staticmethod
+    def _reach(gaussians: Gaussians, state: dict) -> torch.Tensor | float:
+        """The length the world-size prune rule compares scales with: the scene extent, or,
+        for a Gaussian farther than that from the scene centre (state["scene_centre"], when
+        set), its distance: a far background Gaussian may be as large as it looks small."""
+        extent, centre = state["scene_extent"], state.get("scene_centre")
+        if centre is None:
+            return extent
+        dist = (gaussians.means.detach() - centre.to(gaussians.means)).norm(dim=-1)  # [N]
+        return dist.clamp_min(extent)
 
     # ---- hooks --------------------------------------------------------------------------
 
@@ -289,7 +300,7 @@ class DefaultStrategy(Strategy):
         # 3. prune
         prune = gaussians.opacities.detach() < cfg.prune_opacity
         if step > cfg.reset_every:
-            prune |= torch.exp(gaussians.log_scales.detach()).amax(-1) > cfg.prune_scale3d * extent
+            prune |= torch.exp(gaussians.log_scales.detach()).amax(-1) > cfg.prune_scale3d * self._reach(gaussians, state)
             if use_2d:
                 prune |= radii > cfg.prune_scale2d
         n_prune = int(prune.sum())
