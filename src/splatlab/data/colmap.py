@@ -38,6 +38,7 @@ from .images import (
     to_uint8,
     warn,
 )
+from .depths import attach_depth_maps
 from .scene import LoadOptions, Scene, build_scene, colmap_model_files, find_colmap_model, make_view, split_by_name
 from .undistort import UndistortCache, UndistortJob, cache_folder, is_distorted, pinhole_of
 
@@ -363,16 +364,26 @@ def load_colmap(
     if len(pts) > 0:
         points = np.empty((len(pts), 3), dtype=np.float64)
         colors = np.empty((len(pts), 3), dtype=np.float64)
-        for i, p in enumerate(pts.values()):
+        row_of = {}
+        for i, (pid, p) in enumerate(pts.items()):
             points[i] = p.xyz
             colors[i] = p.color
+            row_of[pid] = i
         points_t = torch.from_numpy(points).float()  # [P, 3]
         colors_t = torch.from_numpy(colors / 255.0).float()  # [P, 3]
+        for view, job in zip(views, jobs):  # which SfM points each view saw: sparse depth for training
+            ids = [row_of[p.point3D_id] for p in job[0].points2D if p.has_point3D() and p.point3D_id in row_of]
+            view.point_ids = torch.tensor(ids, dtype=torch.int64)
     else:
         warn(f"{model_dir}: the COLMAP model has no 3D points; initialising from random points instead")
         from .nerfstudio import lookat_box_points
 
         points_t, colors_t = lookat_box_points([v.camera for v in views], opts)
+    if (root / "depths").is_dir() and any_distorted:
+        warn(f"{root / 'depths'}: depth maps of a dataset with lens distortion are not undistorted here; "
+             "ignored (undistort the dataset first, as 3DGS's convert.py does)")
+    elif len(pts) > 0:
+        attach_depth_maps(root, model_dir, views, points_t)
     details = dict(info or {})
     details.update(model_dir=str(model_dir), images_dir=str(source_dir), undistorted=any_distorted,
                    masks=masks_dir is not None)

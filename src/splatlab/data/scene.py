@@ -66,6 +66,8 @@ class View:
     name: str
     mask: torch.Tensor | None = None  # [H, W] bool, True = valid pixel
     alpha: torch.Tensor | None = None  # [H, W] uint8 opacity of an RGBA source (image is composited)
+    point_ids: torch.Tensor | None = None  # [K] int64 rows of Scene.points this view observed (SfM tracks)
+    inv_depth: torch.Tensor | None = None  # [H, W] float32 inverse depth prior (depth maps), 0 = unknown
 
     def image_float(self, device=None) -> torch.Tensor:
         """[H, W, 3] float32 in [0, 1] (moved to `device` first, then converted)."""

@@ -86,6 +86,25 @@ class OptimConfig:
                 raise ConfigError(f"--optim.{f.name.replace('_', '-')} must be a finite number >= 0, got {value}")
 
 
+@dataclass
+class DepthConfig:
+    """Depth regularisation (3DGS train.py's depth_l1_weight): L1 between the rendered
+    inverse depth and a prior: the dataset's depth maps (depths/, as 3DGS lays them out), or
+    else the SfM points each view observed."""
+
+    weight: float = 0.0
+    """Initial weight of the depth term (3DGS: 1.0 when depth maps are given); 0 = off."""
+    weight_final: float = 0.01
+    """Final weight (3DGS: 0.01); exponential decay over the run."""
+    sparse: bool = True
+    """Without depth maps, use the depths of the SfM points each view observed."""
+
+    def validate(self) -> None:
+        if not (math.isfinite(self.weight) and self.weight >= 0 and math.isfinite(self.weight_final)
+                and self.weight_final >= 0):
+            raise ConfigError(f"--depth.weight and --depth.weight-final must be >= 0, got {self.weight}, {self.weight_final}")
+
+
 StrategyConfig = Union[
     Annotated[DefaultStrategyConfig, tyro.conf.subcommand("default")],
     Annotated[MCMCStrategyConfig, tyro.conf.subcommand("mcmc")],
@@ -120,6 +139,8 @@ class TrainConfig:
     ssim_lambda: float = 0.2
     """Loss = (1 - lambda) L1 + lambda (1 - SSIM)."""
     exposure: ExposureConfig = field(default_factory=ExposureConfig)
+    """Per-image exposure compensation (train/exposure.py)."""
+    depth: DepthConfig = field(default_factory=DepthConfig)
     """Per-image exposure compensation (train/exposure.py)."""
     random_background: bool = False
     """Render over a random colour each step (discourages using the background as colour)."""
@@ -162,6 +183,7 @@ class TrainConfig:
         """Raise ConfigError naming the first setting that cannot work."""
         self.data.validate()
         self.optim.validate()
+        self.depth.validate()
         positive = {"iterations": self.iterations, "sh-degree-interval": self.sh_degree_interval,
                     "checkpoint-every": self.checkpoint_every, "init-num-random": self.init_num_random}
         for name, value in positive.items():

@@ -193,7 +193,7 @@ def background_gaussians(scene, n: int, sh_degree: int, opacity: float) -> Gauss
     return Gaussians(
         means=points[seen].float(),
         quats=torch.tensor([1.0, 0.0, 0.0, 0.0]).repeat(m, 1),
-        log_scales=torch.full((m, 3), math.log(0.5 * spacing)),
+        log_scales=torch.full((m, 3), math.log(0.7 * spacing)),  # neighbours overlap: no gaps
         logit_opacities=torch.full((m,), math.log(opacity / (1.0 - opacity))),
         sh0=rgb_to_sh0(colours[seen].float()).unsqueeze(1),
         shN=torch.zeros(m, k - 1, 3),

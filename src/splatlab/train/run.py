@@ -32,14 +32,14 @@ from .events import EndEvent, EvalEvent, EventBus, MessageEvent, SnapshotEvent, 
 from .init import background_gaussians, background_sphere, initial_gaussians
 from .optim import means_lr_at
 from .outputs import RunFolder
-from .schedule import sh_degree_at
+from .schedule import exp_decay, sh_degree_at
 from .state import TrainState, seed_everything
 from .exposure import Exposure
 from .step import LossSettings, StepPlan, StepResult, StepView, train_step
 from .strategy import DefaultStrategy, DefaultStrategyConfig, MCMCStrategy, Strategy
 
 LOG_EVERY = 10  # steps between StepEvents (and host reads of the loss)
-BACKGROUND_OPACITY = 0.5  # initial opacity of the background sphere's Gaussians
+BACKGROUND_OPACITY = 0.8  # initial opacity of the background sphere's Gaussians
 
 
 class TrainingError(RuntimeError):
@@ -114,7 +114,7 @@ class Run:
         self.background = tuple(scene.background or config.render.background)
         self.events = EventBus()
         self.strategy = make_strategy(config.strategy)
-        self.losses = LossSettings(config.ssim_lambda, config.exposure if self.uses_exposure else None)
+        self.losses = LossSettings(config.ssim_lambda, config.exposure if self.uses_exposure else None, scene.extent)
         self.state: Optional[TrainState] = None
         self.budget: Optional[TimeBudget] = None
         self.history: list[dict] = []
@@ -274,6 +274,7 @@ class Run:
             progress=progress,
             means_lr=means_lr_at(progress, cfg.optim, self.scene.extent),
             sh_degree=sh_degree_at(progress, cfg.iterations, cfg.sh_degree_interval, cfg.sh_degree),
+            depth_weight=exp_decay(cfg.depth.weight, cfg.depth.weight_final, progress) if cfg.depth.weight > 0 else 0.0,
         )
 
     def _settings(self) -> RenderSettings:
@@ -290,7 +291,22 @@ class Run:
             target = target + (1 - alpha) * (bg.to(self.device) - torch.tensor(self.background, device=self.device))
             background = tuple(bg.tolist())
         mask = None if view.mask is None else view.mask.to(self.device).unsqueeze(-1).float()  # [H, W, 1]
-        return [StepView(view.camera.to(self.device), target, mask, background, index)]
+        camera = view.camera.to(self.device)
+        step_view = StepView(camera, target, mask, background, index)
+        if self.config.depth.weight > 0:
+            step_view.inv_depth = None if view.inv_depth is None else view.inv_depth.to(self.device)
+            if step_view.inv_depth is None and self.config.depth.sparse:
+                step_view.depth_points = self._sparse_depth(view, camera)
+        return [step_view]
+
+    def _sparse_depth(self, view, camera) -> Optional[torch.Tensor]:
+        """[K, 3] (u, v, z) of the SfM points `view` observed that land inside its image."""
+        if view.point_ids is None or self.scene.points is None:
+            return None
+        uvz = camera.project(self.scene.points[view.point_ids].to(self.device))  # [K, 3]
+        u, v, z = uvz.unbind(-1)
+        inside = (z > self.config.render.near_plane) & (u >= 0) & (v >= 0) & (u < view.width) & (v < view.height)
+        return uvz[inside]
 
     def _report(self, result: StepResult, since: tuple[int, float]) -> tuple[int, float]:
         """Read the step's loss (a host sync), stop on NaN/Inf, and emit a StepEvent."""

@@ -35,6 +35,8 @@ class StepView:
     mask: Optional[torch.Tensor]  # [H, W, 1] float 0/1: the pixels that count; None = all
     background: tuple[float, float, float]
     index: int  # position in the scene's training views
+    inv_depth: Optional[torch.Tensor] = None  # [H, W] inverse-depth prior, 0 = unknown (depth maps)
+    depth_points: Optional[torch.Tensor] = None  # [K, 3] (u, v, z) of the SfM points the view saw
 
 
 @dataclass
@@ -45,6 +47,7 @@ class StepPlan:
     progress: float  # fraction of the schedule, in [0, 1]
     means_lr: float
     sh_degree: int
+    depth_weight: float = 0.0  # weight of the depth term this step (0 = no depth rendered)
 
 
 @dataclass
@@ -53,6 +56,7 @@ class LossSettings:
 
     ssim_lambda: float = 0.2
     exposure: Optional[ExposureConfig] = None  # learn per-image exposure (state.extras["exposure"])
+    depth_scale: float = 1.0  # inverse depths are multiplied by this (the scene extent): unit-free
 
 
 @dataclass
@@ -87,8 +91,25 @@ def masked_loss(image: torch.Tensor, target: torch.Tensor, mask: Optional[torch.
     return loss, mse
 
 
+def depth_loss(out: RenderOutput, view: StepView, scale: float) -> Optional[torch.Tensor]:
+    """L1 between the rendered inverse depth (alpha / expected depth: 0 where nothing is drawn)
+    and the view's prior, dense maps or the SfM points it saw, times `scale`; None without one.
+    This is 3DGS train.py's depth_l1 term; the 3DGS rasterizer composites inverse depth, we
+    invert the expected depth, which agrees on opaque surfaces."""
+    inv = out.alpha[..., 0] / out.depth[..., 0].clamp_min(1e-6)  # [H, W]
+    if view.inv_depth is not None:
+        known = view.inv_depth > 0
+        return (inv - view.inv_depth).abs()[known].mean() * scale if known.any() else None
+    if view.depth_points is not None and len(view.depth_points):
+        u, v, z = view.depth_points.unbind(-1)
+        return (inv[v.long(), u.long()] - 1.0 / z).abs().mean() * scale
+    return None
+
+
 def render_view(state: TrainState, view: StepView, settings: RenderSettings, plan: StepPlan) -> RenderOutput:
-    return rasterize(state.params, view.camera, replace(settings, background=view.background, sh_degree=plan.sh_degree))
+    settings = replace(settings, background=view.background, sh_degree=plan.sh_degree,
+                       render_depth=plan.depth_weight > 0 and (view.inv_depth is not None or view.depth_points is not None))
+    return rasterize(state.params, view.camera, settings)
 
 
 def train_step(
@@ -112,6 +133,9 @@ def train_step(
         strategy.step_pre_backward(state.params, state.optimizers, state.strategy_state, plan.iteration, out)
         image = out.image if exposure is None else exposure.apply(out.image, view.index)  # [H, W, 3]
         loss, mse = masked_loss(image, view.target, view.mask, losses.ssim_lambda)
+        if out.depth is not None:
+            term = depth_loss(out, view, losses.depth_scale)
+            loss = loss if term is None else loss + plan.depth_weight * term
         outs.append(out)
         view_losses.append(loss)
         mses.append(mse)

@@ -1,0 +1,136 @@
+"""The pieces for real captures: masks, exposure, background sphere, depth priors, resolution."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from splatlab import Camera, RenderSettings, rasterize
+from splatlab.data.scene import Scene, View
+from splatlab.metrics import fit_affine_colour, psnr, psnr_exposure_fitted, psnr_masked
+from splatlab.train.auto import choose_downscale
+from splatlab.train.exposure import Exposure, ExposureConfig
+from splatlab.train.init import background_gaussians, background_sphere
+from splatlab.train.run import BACKGROUND_OPACITY
+from splatlab.train.step import StepView, depth_loss, masked_loss
+
+from helpers import random_scene
+
+
+def ring_scene(colour=(0.2, 0.4, 0.9), n=6, size=24) -> Scene:
+    views = []
+    for i in range(n):
+        a = 2 * math.pi * i / n
+        cam = Camera.look_at((3 * math.cos(a), 3 * math.sin(a), 0.5), (0, 0, 0), width=size, height=size)
+        image = torch.tensor(colour).mul(255).round().to(torch.uint8).expand(size, size, 3).clone()
+        views.append(View(cam, image, f"v{i}"))
+    points = torch.rand(200, 3) - 0.5
+    return Scene(views, [], points, torch.rand(200, 3), 3.3, None, "synthetic", Path("ring"))
+
+
+def test_masked_loss_ignores_pixels_outside_the_mask():
+    target = torch.rand(16, 16, 3)
+    image = target.clone().requires_grad_()
+    mask = torch.zeros(16, 16, 1)
+    mask[:, :8] = 1
+    with torch.no_grad():
+        image[:, 8:] = 1 - target[:, 8:]  # wrong only where the mask is 0
+    loss, mse = masked_loss(image, target, mask, 0.2)
+    assert loss.item() == pytest.approx(0.0, abs=1e-6) and mse.item() == pytest.approx(0.0, abs=1e-12)
+    loss.backward()
+    assert image.grad[:, 8:].abs().max() == 0
+    # ... and the PSNR over the mask agrees with the metric used at evaluation.
+    noisy = (target + 0.05 * torch.randn_like(target)).clamp(0, 1)
+    _, mse = masked_loss(noisy, target, mask, 0.2)
+    assert -10 * math.log10(mse.item()) == pytest.approx(psnr_masked(noisy, target, mask[..., 0].bool()), abs=1e-4)
+
+
+def test_exposure_starts_as_identity_and_fits_are_recovered():
+    exposure = Exposure(3, torch.device("cpu"))
+    image = torch.rand(8, 8, 3)
+    assert torch.equal(exposure.apply(image, 1), image)
+    exposure.matrices.sum().backward()
+    exposure.step(0.5, ExposureConfig())
+    assert not torch.equal(exposure.apply(image, 1), image)
+    state = exposure.state_dict()
+    other = Exposure(3, torch.device("cpu"))
+    other.load_state_dict(state)
+    assert torch.equal(other.matrices, exposure.matrices)
+    # The 3DGS evaluation protocol: an affine colour change is undone by the fit on the left half.
+    gt = torch.rand(20, 30, 3)
+    changed = (gt @ torch.tensor([[0.8, 0.1, 0.0], [0.0, 0.9, 0.0], [0.05, 0.0, 0.7]]) + 0.1).clamp(0, 1)
+    assert psnr(changed, gt) < 25 and psnr_exposure_fitted(changed, gt) > 35
+    assert fit_affine_colour(gt, gt).allclose(torch.cat([torch.eye(3), torch.zeros(1, 3)]).double(), atol=1e-4)
+
+
+def test_background_sphere_is_behind_everything_and_coloured_from_the_views():
+    scene = ring_scene()
+    centre, radius = background_sphere(scene)
+    sky = background_gaussians(scene, 2000, sh_degree=1, opacity=BACKGROUND_OPACITY)
+    assert sky is not None and 0 < len(sky) < 2000  # only the directions some view sees
+    dist = (sky.means.double() - centre).norm(dim=-1)
+    assert torch.allclose(dist, torch.full_like(dist, radius), rtol=1e-5)
+    assert radius > 2 * scene.extent * 0.9
+    rgb = sky.sh0[:, 0] * 0.28209479177387814 + 0.5
+    assert torch.allclose(rgb, torch.tensor([0.2, 0.4, 0.9]).expand_as(rgb), atol=2 / 255)
+    # Rendered from a training view, the sphere covers the image: nothing is left to the background.
+    out = rasterize(sky, scene.train[0].camera, RenderSettings(background=(1.0, 0.0, 0.0)))
+    assert out.alpha.min() > 0.9
+
+
+def test_depth_loss_is_zero_on_the_truth_and_pulls_towards_it():
+    gaussians = random_scene(300, sh_degree=0, seed=4, dtype=torch.float32, opacity_range=(0.9, 0.99),
+                             log_scale_range=(-2.0, -1.5))
+    camera = Camera.look_at((0, 0, -1), (0, 0, 4), up=(0, -1, 0), width=32, height=32)
+    out = rasterize(gaussians, camera, RenderSettings())
+    inv = (out.alpha[..., 0] / out.depth[..., 0].clamp_min(1e-6)).detach()
+    view = StepView(camera, out.image.detach(), None, (0, 0, 0), 0, inv_depth=inv)
+    assert depth_loss(out, view, 1.0).item() == pytest.approx(0.0, abs=1e-6)
+    view.inv_depth = inv * 1.5
+    assert depth_loss(out, view, 2.0).item() > 0
+    # Sparse: the SfM points' (u, v, z).
+    uv = torch.tensor([[16.5, 16.5], [10.5, 20.5]])
+    z = 1.0 / inv[uv[:, 1].long(), uv[:, 0].long()]
+    sparse = StepView(camera, out.image.detach(), None, (0, 0, 0), 0, depth_points=torch.cat([uv, z[:, None]], 1))
+    assert depth_loss(out, sparse, 1.0).item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_attach_depth_maps_fits_the_sfm_scale_and_warns_about_missing_maps(tmp_path):
+    from splatlab.data import DatasetWarning
+    from splatlab.data.depths import attach_depth_maps
+
+    scene = ring_scene(n=3, size=32)
+    view = scene.train[0]
+    gen = torch.Generator().manual_seed(0)
+    raw = 0.05 + 0.05 * torch.rand(32, 32, generator=gen, dtype=torch.float64)  # a "monocular" map
+    truth = 4.0 * raw + 0.1  # the inverse depth it encodes, up to scale 4 and offset 0.1
+    # SfM points: 60 distinct pixels unprojected at their true depth.
+    pix = torch.randperm(32 * 32, generator=gen)[:60]
+    v, u = pix // 32, pix % 32
+    z = 1.0 / truth[v, u]
+    cam = view.camera
+    rays = torch.stack([(u + 0.5 - cam.cx) / cam.fx, (v + 0.5 - cam.cy) / cam.fy, torch.ones(60, dtype=torch.float64)], 1)
+    c2w = cam.c2w.double()
+    scene.points = ((rays * z[:, None]) @ c2w[:3, :3].T + c2w[:3, 3]).float()
+    for other in scene.train:
+        other.point_ids = torch.arange(60)
+    (tmp_path / "depths").mkdir()
+    Image.fromarray((raw.numpy() * 2**16).astype(np.uint16)).save(tmp_path / "depths" / "v0.png")
+    with pytest.warns(DatasetWarning, match="no depth map for 2 of 3"):
+        attach_depth_maps(tmp_path, tmp_path, scene.train, scene.points)
+    assert torch.allclose(view.inv_depth.double(), truth, rtol=1e-3, atol=1e-3)
+    assert scene.train[1].inv_depth is None
+
+
+def test_resolution_follows_the_budget_and_the_3dgs_cap():
+    assert choose_downscale(400, 400, "cpu", 15).downscale == 1
+    assert choose_downscale(1080, 1920, "cpu", 15).downscale == 4  # long side 480 <= 800
+    assert choose_downscale(720, 1280, "cpu", 15).downscale == 2
+    assert choose_downscale(720, 1280, "cpu", 60).downscale == 1
+    assert choose_downscale(4000, 3000, "cuda", 15).downscale == 4  # 1000 <= 1600
+    assert "640x360" in choose_downscale(1280, 720, "cpu", 15).reason
