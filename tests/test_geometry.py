@@ -63,3 +63,19 @@ def test_up_from_cameras_finds_a_tilted_world_up():
     flipped = rotation_to_z_up(torch.tensor([0.0, 0.0, -1.0]))
     assert torch.allclose(flipped @ torch.tensor([0.0, 0.0, -1.0], dtype=torch.float64),
                           torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))
+
+
+def test_up_from_cameras_is_not_tilted_by_cameras_looking_up():
+    """Cameras on one side of a tall subject, all pitched up 25 degrees: the mean of their up
+    axes tilts by about that much; the level right axes give the true up."""
+    cams = []
+    for k in range(7):
+        a = math.radians(-60 + 20 * k)  # a 120-degree arc in front of the subject
+        eye = torch.tensor([5 * math.cos(a), 5 * math.sin(a), 0.0], dtype=torch.float64)
+        target = torch.tensor([0.0, 0.0, 5 * math.tan(math.radians(25))], dtype=torch.float64)
+        cams.append(Camera.look_at(eye.tolist(), target.tolist(), (0, 0, 1), width=32, height=32))
+    c2ws = [c.c2w for c in cams]
+    mean_up = -torch.stack([c[:3, 1].double() for c in c2ws]).mean(0)
+    tilt = math.degrees(math.acos(float(mean_up[2] / mean_up.norm())))
+    assert tilt > 15  # the naive estimate is off
+    assert torch.allclose(up_from_cameras(c2ws), torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64), atol=1e-6)

@@ -9,7 +9,7 @@ import torch
 
 from .camera import Camera
 from .gaussians import Gaussians
-from .geometry import quat_to_rotmat, rotmat_to_quat, slerp
+from .geometry import quat_to_rotmat, rotmat_to_quat, slerp, up_from_cameras
 
 
 def look_at_point(cameras: Sequence[Camera]) -> torch.Tensor:
@@ -35,8 +35,7 @@ def orbit_from_cameras(cameras: Sequence[Camera], num_frames: int = 120) -> list
     if not cameras:
         raise ValueError("orbit_from_cameras needs at least one camera")
     target = look_at_point(cameras)
-    up = torch.stack([-c.c2w.double()[:3, 1] for c in cameras]).mean(0)  # OpenCV +y is down
-    up = up / up.norm()
+    up = up_from_cameras([c.c2w for c in cameras])  # level, whatever the cameras' pitch
     offsets = torch.stack([c.position.double() - target for c in cameras])  # [N, 3]
     height = (offsets @ up).mean()
     radial = offsets - (offsets @ up)[:, None] * up

@@ -84,18 +84,29 @@ def slerp(q0: torch.Tensor, q1: torch.Tensor, t: float) -> torch.Tensor:
 def up_from_cameras(c2ws: Sequence[torch.Tensor] | torch.Tensor) -> torch.Tensor:
     """[3] unit "up" direction of a capture from its OpenCV camera->world matrices [N, 4, 4].
 
-    People hold cameras upright, so the mean of the cameras' up axes (-y in OpenCV) is the
-    world's up, whatever convention the dataset's world frame uses (nerfstudio's
-    `auto_orient` "up" method). Falls back to +z when the mean vanishes.
+    People hold cameras level: little roll, any pitch. Each camera's right axis (+x) is then
+    horizontal, so up is the direction most orthogonal to all of them: the eigenvector of
+    sum x x^T with the smallest eigenvalue, signed to agree with the cameras' up axes (-y).
+    The mean of the up axes alone (nerfstudio's "up" orientation) tilts by the cameras'
+    pitch when they all look up at a tall subject (23 degrees on the statue capture). When
+    the right axes do not span a plane (all cameras facing one way), that mean is used,
+    with its component along the right axes removed. Falls back to +z for no cameras.
     """
     c2w = torch.stack(list(c2ws)) if not isinstance(c2ws, torch.Tensor) else c2ws
+    z = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
     if c2w.numel() == 0:
-        return torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
-    up = -c2w[:, :3, 1].double().mean(0)  # [3]
+        return z
+    rights = c2w[:, :3, 0].double()  # [N, 3]
+    mean_up = -c2w[:, :3, 1].double().mean(0)  # [3]
+    values, vectors = torch.linalg.eigh(rights.T @ rights / len(rights))  # ascending
+    if values[1] > 0.05 * values[2]:  # the right axes span a plane: its normal is up
+        up = vectors[:, 0]
+        up = up if float(up @ mean_up) >= 0 else -up
+    else:
+        right = vectors[:, 2]
+        up = mean_up - (mean_up @ right) * right
     norm = up.norm()
-    if norm < 1e-6:
-        return torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
-    return up / norm
+    return z if norm < 1e-6 else up / norm
 
 
 def rotation_to_z_up(up: torch.Tensor) -> torch.Tensor:
