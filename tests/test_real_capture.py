@@ -134,3 +134,22 @@ def test_resolution_follows_the_budget_and_the_3dgs_cap():
     assert choose_downscale(720, 1280, "cpu", 60).downscale == 1
     assert choose_downscale(4000, 3000, "cuda", 15).downscale == 4  # 1000 <= 1600
     assert "640x360" in choose_downscale(1280, 720, "cpu", 15).reason
+
+
+def test_coarse_to_fine_views_are_exact_downscales():
+    from splatlab.train.schedule import resolution_divisor
+    from splatlab.train.step import downsampled
+
+    assert [resolution_divisor(p, 0.6) for p in (0.0, 0.19, 0.21, 0.39, 0.41, 0.7)] == [4, 4, 2, 2, 1, 1]
+    assert resolution_divisor(0.0, 0.0) == 1
+    camera = Camera.look_at((0, -3, 1), (0, 0, 0), width=32, height=24)
+    target = torch.rand(24, 32, 3)
+    mask = torch.ones(24, 32, 1)
+    pts = torch.tensor([[16.0, 12.0, 2.0]])
+    small = downsampled(StepView(camera, target, mask, (0, 0, 0), 0, depth_points=pts), 4)
+    assert (small.camera.width, small.camera.height) == (8, 6) and small.target.shape == (6, 8, 3)
+    assert torch.allclose(small.target[0, 0], target[:4, :4].reshape(-1, 3).mean(0), atol=1e-6)
+    assert torch.allclose(small.depth_points, torch.tensor([[4.0, 3.0, 2.0]]))
+    # The same world point lands on the corresponding pixel.
+    p = torch.tensor([[0.3, 0.2, 0.1]], dtype=torch.float64)
+    assert torch.allclose(small.camera.project(p)[:, :2] * 4, camera.project(p)[:, :2], atol=1e-9)

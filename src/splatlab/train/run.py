@@ -32,7 +32,7 @@ from .events import EndEvent, EvalEvent, EventBus, MessageEvent, SnapshotEvent, 
 from .init import background_gaussians, background_sphere, initial_gaussians
 from .optim import means_lr_at
 from .outputs import RunFolder
-from .schedule import exp_decay, sh_degree_at
+from .schedule import exp_decay, resolution_divisor, sh_degree_at
 from .state import TrainState, seed_everything
 from .exposure import Exposure
 from .step import LossSettings, StepPlan, StepResult, StepView, train_step
@@ -275,6 +275,7 @@ class Run:
             means_lr=means_lr_at(progress, cfg.optim, self.scene.extent),
             sh_degree=sh_degree_at(progress, cfg.iterations, cfg.sh_degree_interval, cfg.sh_degree),
             depth_weight=exp_decay(cfg.depth.weight, cfg.depth.weight_final, progress) if cfg.depth.weight > 0 else 0.0,
+            divisor=resolution_divisor(progress, cfg.coarse_to_fine),
         )
 
     def _settings(self) -> RenderSettings:

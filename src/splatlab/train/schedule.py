@@ -20,3 +20,10 @@ def exp_decay(start: float, end: float, t: float) -> float:
 def sh_degree_at(progress: float, iterations: int, interval: int, max_degree: int) -> int:
     """Active SH degree: +1 every `interval` iterations of the nominal schedule of `iterations`."""
     return min(int(progress * iterations + 1e-9) // interval, max_degree)
+
+
+def resolution_divisor(progress: float, until: float) -> int:
+    """Coarse-to-fine: 4 in the first third of [0, until), 2 in the second, then 1."""
+    if until <= 0 or progress >= until:
+        return 1
+    return 4 if progress < until / 3 else 2 if progress < 2 * until / 3 else 1

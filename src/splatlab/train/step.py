@@ -39,6 +39,25 @@ class StepView:
     depth_points: Optional[torch.Tensor] = None  # [K, 3] (u, v, z) of the SfM points the view saw
 
 
+def downsampled(view: StepView, divisor: int) -> StepView:
+    """The view at 1/divisor of its resolution: camera scaled exactly, pixels area-averaged."""
+    if divisor == 1:
+        return view
+    camera = view.camera.scaled(1.0 / divisor)
+    size = (camera.height, camera.width)
+
+    def area(image):  # [H, W, C] -> [h, w, C]
+        return torch.nn.functional.interpolate(image.permute(2, 0, 1)[None], size=size, mode="area")[0].permute(1, 2, 0)
+
+    mask = None if view.mask is None else (area(view.mask) > 0.5).to(view.mask.dtype)
+    inv_depth = None if view.inv_depth is None else area(view.inv_depth[..., None])[..., 0]
+    points = None
+    if view.depth_points is not None:
+        scale = view.depth_points.new_tensor([camera.width / view.camera.width, camera.height / view.camera.height, 1.0])
+        points = view.depth_points * scale
+    return StepView(camera, area(view.target), mask, view.background, view.index, inv_depth, points)
+
+
 @dataclass
 class StepPlan:
     """What the schedule says for this step."""
@@ -48,6 +67,7 @@ class StepPlan:
     means_lr: float
     sh_degree: int
     depth_weight: float = 0.0  # weight of the depth term this step (0 = no depth rendered)
+    divisor: int = 1  # train at 1/divisor of the resolution (coarse to fine)
 
 
 @dataclass
@@ -129,6 +149,7 @@ def train_step(
                 group["lr"] = plan.means_lr
     outs, view_losses, mses = [], [], []
     for view in views:
+        view = downsampled(view, plan.divisor)
         out = render_view(state, view, settings, plan)
         strategy.step_pre_backward(state.params, state.optimizers, state.strategy_state, plan.iteration, out)
         image = out.image if exposure is None else exposure.apply(out.image, view.index)  # [H, W, 3]
