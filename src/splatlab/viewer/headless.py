@@ -153,8 +153,10 @@ class HeadlessBrowser:
         """Hide the GUI and every other element over the 3D view (until the page reloads)."""
         return bool(self.evaluate(_HIDE_OVERLAYS))
 
-    def drag(self, x0: float, y0: float, x1: float, y1: float, steps: int = 30, seconds: float = 1.0) -> None:
-        """A left-button drag across the canvas (viser's orbit control), as a user's mouse does it."""
+    def drag(self, x0: float, y0: float, x1: float, y1: float, steps: int = 30, seconds: float = 1.0) -> float:
+        """A left-button drag across the canvas (viser's orbit control), as a user's mouse does it.
+        Returns the frame rate while it lasted: frames WebGL drew per second, between press and release."""
+        start = self.page_time()
         self.call("Input.dispatchMouseEvent", type="mouseMoved", x=x0, y=y0)
         self.call("Input.dispatchMouseEvent", type="mousePressed", x=x0, y=y0, button="left", clickCount=1)
         for i in range(1, steps + 1):
@@ -163,6 +165,9 @@ class HeadlessBrowser:
                       button="left", buttons=1)
             time.sleep(seconds / steps)
         self.call("Input.dispatchMouseEvent", type="mouseReleased", x=x1, y=y1, button="left", clickCount=1)
+        end = self.page_time()
+        frames = [t for t in self.frame_times() if start <= t <= end]
+        return (len(frames) - 1) / ((frames[-1] - frames[0]) / 1000.0) if len(frames) > 1 else 0.0
 
     def frame_times(self) -> list[float]:
         """Times (ms, page clock) of the animation frames in which WebGL drew, since the page loaded."""

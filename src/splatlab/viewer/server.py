@@ -265,6 +265,7 @@ class Viewer:
                     self._cond.wait(remaining)
             finally:
                 self.state.flush_requests -= 1
+                self._cond.notify_all()  # the viewer thread may be waiting with work set aside for the flush
         return True
 
     def wait_for_still(self, client_id: int, timeout: float = 30.0) -> bool:
