@@ -622,12 +622,13 @@ def test_splatlab_view_serves_until_interrupted(tmp_path):
 
 
 def _stable_screenshot(page: HeadlessBrowser, timeout: float = 60.0) -> np.ndarray:
-    """A screenshot once two in a row, 1 s apart, agree (software WebGL draws in seconds)."""
+    """A screenshot once two in a row, 1 s apart, agree and show something (software WebGL draws
+    in seconds, and the canvas is one flat colour until the splats arrive)."""
     previous, deadline = None, time.monotonic() + timeout
     while True:
         time.sleep(1.0)
         shot = page.screenshot()
-        if previous is not None and psnr(shot, previous) > 45:
+        if previous is not None and psnr(shot, previous) > 45 and int(shot.max()) - int(shot.min()) > 30:
             return shot
         assert time.monotonic() < deadline, "the viewer's picture did not settle"
         previous = shot
@@ -646,6 +647,14 @@ def _set_view(client, position, look_at, up, fov) -> None:
         client.camera.position = position
         client.camera.look_at = look_at
         client.camera.up_direction = up
+
+
+def _reports(view: ViewState, position, look_at, fov) -> bool:
+    """The browser's camera is at `position`, looks at `look_at` and has vertical fov `fov`."""
+    forward = camera_from_view(view).c2w.numpy()[:3, 2]
+    expected = np.subtract(look_at, position) / np.linalg.norm(np.subtract(look_at, position))
+    return (np.allclose(view.position, position, atol=1e-6) and np.allclose(forward, expected, atol=1e-6)
+            and abs(view.fov - fov) < 1e-6)
 
 
 def test_browser_shows_view_dependent_colour_matching_splatlab_render():
@@ -677,14 +686,17 @@ def test_browser_shows_view_dependent_colour_matching_splatlab_render():
             # "Go to camera" puts the browser exactly at a training camera (pose and vertical fov).
             viewer.camera_panel.go_to(client.client, 5)
             target = cameras.cameras[5]
-            wait_until(lambda: np.allclose(client.view.position, target.position.numpy(), atol=1e-6), 30, "go to")
-            got = camera_from_view(client.view, target.width, target.height)
-            torch.testing.assert_close(got.viewmat, target.viewmat, atol=1e-5, rtol=0)
-            assert got.fy == pytest.approx(target.fy, rel=1e-4)
+
+            def at_target() -> bool:  # the browser applies position, look-at, up and fov one by one
+                got = camera_from_view(client.view, target.width, target.height)
+                return torch.allclose(got.viewmat, target.viewmat, atol=1e-5) and abs(got.fy / target.fy - 1) < 1e-4
+
+            wait_until(at_target, 30, "the browser to reach training camera 5")
 
             viewer.camera_panel.show.value = False  # the comparison is about the splats
-            _set_view(client.client, (2.5, -2.0, 1.2), (0.0, 0.0, 0.0), (0.0, 0.0, 1.0), math.radians(50))
-            wait_until(lambda: np.allclose(client.view.position, (2.5, -2.0, 1.2), atol=1e-6), 30, "the camera")
+            pose = ((2.5, -2.0, 1.2), (0.0, 0.0, 0.0), math.radians(50))
+            _set_view(client.client, pose[0], pose[1], (0.0, 0.0, 1.0), pose[2])
+            wait_until(lambda: _reports(client.view, *pose), 30, "the camera")
             assert viewer.flush()
             page.hide_overlays()
             view = client.view
