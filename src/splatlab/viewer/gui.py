@@ -121,7 +121,7 @@ class CameraPanel:
             self.image = gui.add_image(blank, label=None, format="jpeg", jpeg_quality=85, visible=False)
             self.goto = gui.add_button("Go to camera", visible=False,
                                        hint="Move the view to the selected training camera's pose and field of view")
-        size = 0.08 * cameras.spread
+        size = 0.05 * cameras.spread  # frustum depth: small next to the distance to the scene
         self.frustums = []
         for i, cam in enumerate(cameras.cameras):
             wxyz, position, fov = viser_pose(cam)
