@@ -222,7 +222,8 @@ def test_training_cameras_give_up_target_and_first_view():
     np.testing.assert_allclose(position, tc.cameras[0].position.numpy(), atol=1e-9)
     assert fov == pytest.approx(2 * math.atan(16 / tc.cameras[0].fy))
     assert tc.spread == pytest.approx(math.sqrt(10.0), rel=1e-6)
-    assert max(t.shape[0] for t in tc.thumbnails) <= 320
+    thumb = tc.thumbnail(3)
+    assert thumb.shape == (32, 48, 3) and abs(int(thumb.mean()) - 120) <= 2  # image 3 is all 120s
 
 
 def test_dataset_of_run_resolves_relative_paths(tmp_path, monkeypatch):

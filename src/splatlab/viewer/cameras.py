@@ -14,6 +14,7 @@ looking at the point the cameras look at (splatlab.camera_paths.look_at_point).
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import warnings
@@ -96,7 +97,7 @@ class TrainingCameras:
 
     names: list[str]
     cameras: list[Camera]  # OpenCV, at the size the run trained on
-    thumbnails: list[np.ndarray]  # [h, w, 3] uint8, longest side <= THUMBNAIL_SIZE
+    thumbnails: list[bytes]  # JPEG, longest side <= THUMBNAIL_SIZE (~15 KB each: captures can be large)
     up: np.ndarray  # [3] unit vector, splatlab.geometry.up_from_cameras
     target: np.ndarray  # [3] the point the cameras look at
     background: Optional[tuple[float, float, float]]  # what the dataset's RGBA images were composited over
@@ -104,6 +105,12 @@ class TrainingCameras:
 
     def __len__(self) -> int:
         return len(self.cameras)
+
+    def thumbnail(self, index: int) -> np.ndarray:
+        """[h, w, 3] uint8: training image `index`, downscaled."""
+        from PIL import Image
+
+        return np.asarray(Image.open(io.BytesIO(self.thumbnails[index])).convert("RGB"))
 
     @property
     def spread(self) -> float:
@@ -139,13 +146,14 @@ def training_cameras(views: Sequence, source: Path, background=None) -> Training
     )
 
 
-def _thumbnail(image: torch.Tensor) -> np.ndarray:
+def _thumbnail(image: torch.Tensor) -> bytes:
     from PIL import Image
 
-    array = image.cpu().numpy()  # [H, W, 3] uint8
-    pil = Image.fromarray(array)
+    pil = Image.fromarray(image.cpu().numpy())  # [H, W, 3] uint8
     pil.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE), Image.Resampling.LANCZOS)
-    return np.asarray(pil)
+    out = io.BytesIO()
+    pil.save(out, format="JPEG", quality=90)
+    return out.getvalue()
 
 
 def dataset_of_run(run: Optional[Path]) -> tuple[Optional[Path], dict]:

@@ -156,7 +156,7 @@ class CameraPanel:
             self.frustums[index].color = _SELECTED_COLOR
             cam = self._cameras.cameras[index]
             self.label.content = f"**{self._cameras.names[index]}** ({cam.width}x{cam.height}, camera {index + 1} of {len(self._cameras)})"
-            self.image.image = self._cameras.thumbnails[index]
+            self.image.image = self._cameras.thumbnail(index)
             self.image.visible = True
             self.goto.visible = True
 

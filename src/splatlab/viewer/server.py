@@ -482,10 +482,10 @@ def view_model(
     model_file, run = find_model(Path(path))
     gaussians = read_model(model_file)
     cameras = None
+    run_data, options = dataset_of_run(run)  # the run's split and downscale apply to --data too
     if data is not None:
-        cameras = load_training_cameras(Path(data))
+        cameras = load_training_cameras(Path(data), options)
     else:
-        run_data, options = dataset_of_run(run)
         if run_data is not None:
             try:
                 cameras = load_training_cameras(run_data, options)
