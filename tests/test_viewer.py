@@ -411,6 +411,22 @@ def test_an_exact_render_outrun_by_the_camera_is_dropped(monkeypatch):
         viewer.close()
 
 
+def test_an_empty_model_shows_the_background_then_a_model_arrives():
+    viewer = Viewer(Gaussians.empty(sh_degree=3), port=free_port(), still_delay=0.05, background=(0.0, 0.0, 1.0))
+    browser = FakeBrowser(3)
+    try:
+        viewer._on_connect(browser)
+        browser.move(orbit_view(10.0, 64, 48))
+        wait_until(lambda: browser.showing_still, what="the exact render of nothing")
+        assert (browser.backgrounds[-1] == (0, 0, 255)).all()  # just the background
+        viewer.update(shiny_cube(100), force=True)
+        assert viewer.flush() and viewer.model.arrays.total == 100
+        wait_until(lambda: browser.showing_still and (browser.backgrounds[-1] != (0, 0, 255)).any(), what="the model")
+        assert viewer.last_error is None, viewer.last_error
+    finally:
+        viewer.close()
+
+
 # ---- following a training run ---------------------------------------------------------------------
 
 

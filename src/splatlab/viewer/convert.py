@@ -72,8 +72,7 @@ def _finite_subset(gaussians: Gaussians, max_gaussians: Optional[int], seed: int
     # A sum is finite iff every term is (inf - inf = nan): one isfinite pass instead of six.
     row_sum = (means.sum(-1) + quats.sum(-1) + gaussians.log_scales.detach().sum(-1)
                + gaussians.logit_opacities.detach().reshape(-1)
-               + gaussians.sh0.detach().reshape(len(gaussians), -1).sum(-1)
-               + gaussians.shN.detach().reshape(len(gaussians), -1).sum(-1))  # [N]
+               + gaussians.sh0.detach().flatten(1).sum(-1) + gaussians.shN.detach().flatten(1).sum(-1))  # [N]
     finite = torch.isfinite(row_sum) & (quats.abs().sum(-1) > 0)  # [N]
     keep = finite.nonzero().squeeze(-1).cpu()  # [M]
     dropped = len(gaussians) - keep.numel()
@@ -182,7 +181,7 @@ def shown_model(gaussians: Gaussians, max_gaussians: Optional[int], previous_sca
     arrays = splat_arrays(gaussians, max_gaussians, scale=k)
     exact = gaussians.detach().to("cpu", torch.float32)
     if arrays.dropped_nonfinite:
-        flat = torch.cat([t.reshape(len(exact), -1) for t in exact.params().values()], dim=1)  # [N, 59]
+        flat = torch.cat([t.reshape(len(exact), -1) for t in exact.params().values()], dim=1)  # [N, 14 + 3K]
         exact = exact[torch.isfinite(flat).all(dim=1)]
     # A copy: a training run's live parameters move on while the exact render reads these.
     return ShownModel(arrays, exact.clone())
