@@ -16,8 +16,8 @@ How it shows view-dependent colour, and why (issue 15). Two renderers, both on b
   splats below a size threshold dropped, no 0.99 alpha cap). The first camera movement brings the
   splats back.
 
-Why both: a server-side render alone is not interactive on 2 CPU cores (about 0.5 s per 800x600
-frame of a 100k-Gaussian lego model, measured), while the browser's splats follow the mouse and,
+Why both: a server-side render alone is not interactive on 2 CPU cores (0.5 to 2.6 s per 800x600
+frame of a 100k-Gaussian lego model, measured under load), while the browser's splats follow the mouse and,
 coloured for the camera, agree with `splatlab render` to about 39-41 dB PSNR (the DC colour alone:
 24 dB on a model with strong SH). Together they move at browser speed and settle on the exact
 image. While a training run is attached the exact render is off by default (it would take CPU
@@ -361,6 +361,10 @@ class Viewer:
             try:
                 self._do(job)
             except Exception as exc:  # keep serving; report on the next update
+                with self._cond:
+                    gone = job.client is not None and job.client.id not in self._clients
+                if gone:  # the tab closed while its job ran: nothing to report
+                    continue
                 self.last_error = exc
                 if job.kind == "still" and job.client is not None:
                     job.client.still_failed = job.key  # not retried for this view
@@ -482,16 +486,17 @@ def view_model(
     model_file, run = find_model(Path(path))
     gaussians = read_model(model_file)
     cameras = None
-    run_data, options = dataset_of_run(run)  # the run's split and downscale apply to --data too
+    run_data, data_options = dataset_of_run(run)  # the run's split and downscale apply to --data too
+    if data is not None or run_data is not None:
+        print(f"splatlab viewer: loading the training cameras from {data or run_data} ...", flush=True)
     if data is not None:
-        cameras = load_training_cameras(Path(data), options)
-    else:
-        if run_data is not None:
-            try:
-                cameras = load_training_cameras(run_data, options)
-            except Exception as exc:  # the viewer still works without them
-                warnings.warn(f"splatlab viewer: cannot load the training cameras from {run_data} "
-                              f"(named in {run / 'config.json'}): {exc}; pass --data", RuntimeWarning, stacklevel=2)
+        cameras = load_training_cameras(Path(data), data_options)
+    elif run_data is not None:
+        try:
+            cameras = load_training_cameras(run_data, data_options)
+        except Exception as exc:  # the viewer still works without them
+            warnings.warn(f"splatlab viewer: cannot load the training cameras from {run_data} "
+                          f"(named in {run / 'config.json'}): {exc}; pass --data", RuntimeWarning, stacklevel=2)
     if up_direction == UP_FROM_CAMERAS and cameras is None:
         raise ValueError(f"up direction 'cameras' needs the training cameras, and none are known for {path}: "
                          "pass --data DATASET (or a training output folder whose dataset exists)")
