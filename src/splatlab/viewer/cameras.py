@@ -1,9 +1,10 @@
 """Cameras in the viewer: viser's camera <-> splatlab's Camera, and the training cameras.
 
-viser reports each browser's camera in the OpenCV convention (+z forward, +y down): `wxyz` is the
-rotation R_world_camera and `position` the camera centre, so camera->world = [R | position]; `fov`
-is the vertical field of view of a symmetric frustum over the canvas (three.js PerspectiveCamera),
-`image_width` x `image_height` the canvas in device pixels. With square pixels that is a pinhole
+viser (1.1.1: viser/_viser.py CameraHandle, client/src/CameraControls.tsx) reports each browser's
+camera in the OpenCV convention (+z forward, +y down): `wxyz` is the rotation R_world_camera and
+`position` the camera centre, so camera->world = [R | position]; `fov` is the vertical field of
+view of a symmetric frustum over the canvas (three.js PerspectiveCamera), `image_width` x
+`image_height` the canvas in device pixels. With square pixels that is a pinhole
 with fy = fx = (H / 2) / tan(fov / 2) and the principal point at the canvas centre (three.js maps
 NDC [-1, 1] to pixels [0, W]: continuous coordinates whose pixel centres sit at j + 0.5, as ours).
 

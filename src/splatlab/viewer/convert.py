@@ -1,6 +1,7 @@
 """Our raw parameters -> the arrays viser's WebGL splat renderer takes, and view-dependent colour.
 
-What viser expects (`SceneApi.add_gaussian_splats` / `GaussianSplatHandle.set_gaussians`, viser 1.1):
+What viser expects (viser 1.1.1 from PyPI: `SceneApi.add_gaussian_splats` and
+`GaussianSplatHandle` in viser/_scene_api.py and viser/_scene_handles.py):
 
     centers      [N, 3]     float32   world positions                    (our `means`)
     covariances  [N, 3, 3]  float32   Sigma = R S S^T R^T                (quats, exp(log_scales))
