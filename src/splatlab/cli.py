@@ -126,9 +126,10 @@ class Train:
         for logger in default_loggers(run.output):
             run.subscribe(logger)
         if self.viewer:
-            from .viewer import Viewer
+            from .viewer import Viewer, training_cameras
 
-            Viewer(port=self.viewer_port).attach(run)
+            cameras = training_cameras(scene.train, cfg.data.path, scene.background)
+            Viewer(port=self.viewer_port, cameras=cameras).attach(run)
         result = run.train(resume=self.resume, force=self.force)
         m = result.metrics
         print(f"{result.reason} after {result.step} iterations: {len(result.gaussians)} Gaussians, "
@@ -365,21 +366,53 @@ class Export:
 
 @dataclass
 class View:
-    """Open a model in the local web viewer (orbit and fly controls in the browser)."""
+    """Open a model in the local web viewer: splats coloured for the camera while it moves, splatlab's
+    exact render when it rests; the training cameras as frustums (click one for its image)."""
 
     model: tyro.conf.Positional[Path]
-    """A .ply or a `splatlab train` output folder."""
+    """A model file of any format splatlab reads (.ply, .splat, .glb/.gltf, ...) or a `splatlab train`
+    output folder (its latest point cloud)."""
+    data: Optional[Path] = None
+    """The dataset the model was trained on, for the up direction, the first view and the camera
+    frustums (default: the one a training run's config.json names; none for a bare model file)."""
     port: int = 8080
-    """Port on localhost."""
+    """Port on localhost (the next free one if taken)."""
     host: str = "127.0.0.1"
     """Interface to listen on."""
+    up: Optional[Literal["cameras", "+z", "+y", "-y", "-z", "+x", "-x"]] = None
+    """World direction shown as up (default: 'cameras', the training cameras' mean up axis, when
+    they are known; else +z)."""
+    background: Optional[tuple[float, float, float]] = None
+    """Background colour, RGB in [0, 1] (default: the dataset's, else white as `splatlab render`)."""
+    still_render: bool = True
+    """When the camera rests, show splatlab's own render of the view (exact) instead of the browser's splats."""
+    cameras: bool = True
+    """Show the training cameras as frustums (also a checkbox in the viewer)."""
+    max_gaussians: int = 1_000_000
+    """Most Gaussians sent to the browser (a random subset above that; the exact render uses all)."""
+    open_browser: bool = False
+    """Open the viewer in the default web browser."""
 
     def run(self) -> int:
         from .viewer import view_model
 
-        ply, _ = find_model(self.model)
-        view_model(ply, port=self.port, host=self.host)
+        problem = self._bad_argument()
+        if problem:  # a bad value on the command line: exit 2, as for arguments tyro rejects
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
+        view_model(self.model, port=self.port, host=self.host, data=self.data, up_direction=self.up,
+                   background=self.background, still_render=self.still_render, show_cameras=self.cameras,
+                   max_gaussians=self.max_gaussians, open_browser=self.open_browser)
         return 0
+
+    def _bad_argument(self) -> Optional[str]:
+        if self.max_gaussians < 1:
+            return f"--max-gaussians must be at least 1, got {self.max_gaussians}"
+        if self.background is not None and not all(0.0 <= c <= 1.0 for c in self.background):
+            return f"--background must be three numbers in [0, 1], got {' '.join(map(str, self.background))}"
+        if not 0 < self.port < 65536:
+            return f"--port must be in 1..65535, got {self.port}"
+        return None
 
 
 # ---- fit2d -------------------------------------------------------------------------------------
