@@ -181,3 +181,59 @@ def test_help_shows_defaults():
     wide = subprocess.run([sys.executable, "-m", "splatlab.cli", "train", "--help"], capture_output=True,
                           text=True, env={**ENV, "COLUMNS": "200"}).stdout
     assert "(default: 30000)" in wide
+
+
+def _option_defaults(help_text: str) -> dict[str, str]:
+    """{--option: its default} from tyro's one-column --help: an option starts a line of its box,
+    its description and "(default: ...)" run on until the next option."""
+    defaults, current, text = {}, None, []
+
+    def close():
+        if current:
+            d = re.search(r"\(default: ([^)]*)\)", " ".join(" ".join(text).split()))
+            for name in current:
+                defaults.setdefault(name, d.group(1) if d else "")
+
+    for line in help_text.splitlines():
+        body = line.strip().strip("│").strip()
+        if body.startswith("--") or body.startswith("-h"):
+            close()
+            current, text = re.findall(r"--[\w.-]+", body.split("  ")[0]), [body]
+        elif current:
+            text.append(body)
+    close()
+    return defaults
+
+
+def _same(a: str, b: str) -> bool:
+    try:
+        return float(a) == float(b)
+    except ValueError:
+        return a == b
+
+
+def test_readme_synopsis_matches_help():
+    """Every `[--option VALUE]` of the README's command synopsis exists in that command's --help,
+    and a literal VALUE (a number, or the first of a|b|c choices) is its default there."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("## Commands", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    helps: dict[str, dict[str, str]] = {}
+    command = None
+    for line in block.splitlines():
+        m = re.match(r"splatlab (\w+)", line.strip())
+        if m:
+            command = m.group(1)
+        if command is None:
+            continue
+        if command not in helps:
+            out = subprocess.run([sys.executable, "-m", "splatlab.cli", command, "--help"], capture_output=True,
+                                 text=True, env={**ENV, "COLUMNS": "80"}).stdout  # one column
+            helps[command] = _option_defaults(out)
+        for name, value in re.findall(r"\[(--[\w.-]+)(?: ([^\]\s]+))?\]", line):
+            options = helps[command]
+            assert name in options or name.replace("--no-", "--", 1) in options, \
+                f"README shows {name} for `splatlab {command}`, but --help has no such option"
+            literal = value.split("|")[0] if value else ""
+            if literal and not literal.isupper():
+                assert _same(options[name], literal), \
+                    f"README shows `{name} {value}` for `splatlab {command}`; --help's default is {options[name]!r}"
