@@ -72,6 +72,6 @@ def friendly_oom(num_pairs: int, num_gaussians: int, width: int, height: int, dt
     except RenderOutOfMemoryError:
         raise
     except torch.cuda.OutOfMemoryError as exc:
-        first = str(exc).split(". ")[0]
-        message = _describe(num_pairs, num_gaussians, width, height, dtype, device) + f" (CUDA: {first})"
+        first = ". ".join(str(exc).split(". ")[:2])  # "CUDA out of memory. Tried to allocate X GiB"
+        message = _describe(num_pairs, num_gaussians, width, height, dtype, device) + f" ({first})"
         raise RenderOutOfMemoryError(message) from None
