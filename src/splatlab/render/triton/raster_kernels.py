@@ -233,7 +233,8 @@ def composite_backward_kernel(
         v3 = tl.load(v_feat_ptr + C * pix + 3, mask=inside, other=0.0)
         r3 = tl.load(out_feat_ptr + C * pix + 3, mask=inside, other=0.0)
     trans = tl.full([_NPIX], 1.0, dtype)
-    for i0 in range(start, stop, CHUNK):
+    i0 = start
+    while i0 < stop:  # (a while loop: Triton 3.6's interpreter cannot take these bounds in range)
         idx = i0 + tl.arange(0, CHUNK)
         valid, g, dx, dy, ca, cb, cc, op, raw, alpha = _splat_alpha(
             xs, ys, idx, stop, gid_ptr, means2d_ptr, conics_ptr, opac_ptr
@@ -256,6 +257,7 @@ def composite_backward_kernel(
         tl.store(row + 8, gf2, mask=valid)
         if C > 3:
             tl.store(row + 9, gf3, mask=valid)
+        i0 += CHUNK
 
 
 @triton.jit
@@ -294,8 +296,11 @@ def reduce_slots_kernel(
     col = tl.arange(0, NSLOT_P2)
     cm = col < NSLOT
     acc = tl.zeros([BLOCK, NSLOT_P2], out_ptr.dtype.element_ty)
-    for k in range(0, tl.max(count)):
+    k = 0
+    most = tl.max(count)
+    while k < most:  # (not range: Triton 3.6's interpreter cannot take this bound)
         rm = m & (k < count)
         ptrs = slot_ptr + (lo + k)[:, None] * NSLOT + col[None, :]
         acc += tl.load(ptrs, mask=rm[:, None] & cm[None, :], other=0.0)
+        k += 1
     tl.store(out_ptr + g[:, None].to(tl.int64) * NSLOT + col[None, :], acc, mask=m[:, None] & cm[None, :])
