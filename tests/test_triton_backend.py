@@ -224,7 +224,7 @@ def test_backward_is_deterministic():
 def test_auto_picks_triton_for_cuda_tensors_and_cpu_for_cpu_tensors(monkeypatch):
     assert resolve_backend(RenderSettings(), torch.device("cuda")) == "triton"
     assert resolve_backend(RenderSettings(), torch.device("cpu")) == "cpu"
-    monkeypatch.setattr(triton_backend, "triton_installed", lambda: False)
+    monkeypatch.setattr(triton_backend, "triton_importable", lambda: False)
     assert resolve_backend(RenderSettings(), torch.device("cuda")) == "reference"
 
 
@@ -234,6 +234,14 @@ def test_without_triton_the_error_says_how_to_install(monkeypatch):
     with pytest.raises(RuntimeError, match=r'pip install "splatlab\[gpu\]"') as info:
         rasterize(g, cam, RenderSettings(backend="triton"))
     assert isinstance(info.value, ImportError)
+
+
+def test_a_broken_triton_install_says_so_and_how_to_reinstall(monkeypatch):
+    g, cam = scene(5, 16, 16, 0, torch.float32)
+    monkeypatch.setattr(triton_backend, "_import_error", lambda: "ImportError: libtriton.so: cannot open")
+    with pytest.raises(RuntimeError, match=r'libtriton.so: cannot open.*pip install "splatlab\[gpu\]"'):
+        rasterize(g, cam, RenderSettings(backend="triton"))
+    assert resolve_backend(RenderSettings(), torch.device("cuda")) == "reference"
 
 
 def test_cpu_tensors_outside_the_interpreter_say_what_to_do(monkeypatch):

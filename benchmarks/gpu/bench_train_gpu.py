@@ -122,7 +122,8 @@ def main(argv=None) -> int:
         "- issue 13 target (H200): 30k iterations in <= 300 s of training, val PSNR >= 35.5 dB.",
     ])  # fmt: skip
     if status != "completed":
-        tail = "\n".join(output_text.strip().splitlines()[-15:])
+        lines = [ln for ln in output_text.replace("\r", "\n").splitlines() if ln.strip() and "%|" not in ln]
+        tail = "\n".join(lines[-15:])  # progress bars left out
         text += f"\n\nThe run did not complete ({status}); the end of its output:\n\n```\n{tail}\n```"
     print(text)
     if args.out:

@@ -53,14 +53,17 @@ if [ $DRY = 0 ] && $PY -c "import gsplat" 2>/dev/null; then
   GSPLAT_PID=$!
 fi
 {
-  echo "date: $(date -u +%FT%TZ)"; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tail -n +1
+  echo "date: $(date -u +%FT%TZ)"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "nvidia-smi: not here"
   $PY - <<'EOF'
 import platform, torch
 print("python", platform.python_version(), "torch", torch.__version__, "cuda", torch.version.cuda,
       "gpu", torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
+from importlib import metadata
 for name in ("triton", "gsplat", "numba", "plyfile", "tyro"):
     try:
-        print(name, __import__(name).__version__)
+        __import__(name)
+        print(name, metadata.version(name))
     except Exception as exc:
         print(name, "missing:", type(exc).__name__, exc)
 EOF
@@ -77,7 +80,7 @@ tail -n 5 "$OUT/tests.txt"
 
 # ---- 3. training: lego_400, 30k iterations ------------------------------------------------------
 say "training benchmark"
-if [ $DRY = 1 ]; then TRAIN_ARGS="--dry-run --limit-s 300"; else TRAIN_ARGS="--limit-s 390"; fi
+if [ $DRY = 1 ]; then TRAIN_ARGS="--dry-run --limit-s 1200"; else TRAIN_ARGS="--limit-s 390"; fi
 $PY benchmarks/gpu/bench_train_gpu.py $TRAIN_ARGS --output outputs/bench_train_gpu --out "$OUT/train.md" \
   --log "$OUT/train.log"
 PLY=$(ls -t outputs/bench_train_gpu/point_cloud/*/point_cloud.ply 2>/dev/null | head -n 1)

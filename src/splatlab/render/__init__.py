@@ -41,9 +41,9 @@ def resolve_backend(settings: RenderSettings, device: torch.device) -> str:
     if device.type == "cpu" and "cpu" in available_backends():
         return "cpu"
     if device.type == "cuda":
-        from .triton import triton_installed
+        from .triton import triton_importable
 
-        if triton_installed():
+        if triton_importable():
             return "triton"
     return "reference"
 

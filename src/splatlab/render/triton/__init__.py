@@ -21,6 +21,7 @@ starts, slow: that is how the tests run without a GPU). Install: pip install "sp
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 
@@ -30,7 +31,7 @@ from ...camera import Camera
 from ...gaussians import Gaussians
 from ..settings import RenderOutput, RenderSettings
 
-__all__ = ["rasterize_triton", "triton_installed", "interpreter_mode", "TritonUnavailableError"]
+__all__ = ["rasterize_triton", "triton_installed", "triton_importable", "interpreter_mode", "TritonUnavailableError"]
 
 INSTALL_HINT = 'pip install "splatlab[gpu]"'
 
@@ -40,8 +41,22 @@ class TritonUnavailableError(ImportError, RuntimeError):
 
 
 def triton_installed() -> bool:
-    """Whether the `triton` package can be imported (checked without importing it)."""
+    """Whether the `triton` package is installed (checked without importing it: cheap)."""
     return importlib.util.find_spec("triton") is not None
+
+
+@functools.lru_cache(maxsize=None)
+def _import_error() -> str | None:
+    try:
+        import triton  # noqa: F401
+    except Exception as exc:  # a broken install raises more than ImportError
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def triton_importable() -> bool:
+    """Whether `import triton` works (tried once per process)."""
+    return triton_installed() and _import_error() is None
 
 
 def interpreter_mode() -> bool:
@@ -57,6 +72,9 @@ def interpreter_mode() -> bool:
 def _check_can_run(gaussians: Gaussians) -> None:
     if not triton_installed():
         raise TritonUnavailableError(f"backend 'triton' needs the Triton compiler, which is not installed: {INSTALL_HINT}")
+    if not triton_importable():
+        raise TritonUnavailableError(f"backend 'triton': importing Triton failed ({_import_error()}); reinstall it: "
+                                     f"{INSTALL_HINT}")
     device = gaussians.device
     if device.type == "cuda" or interpreter_mode():
         return

@@ -219,6 +219,102 @@ def _alpha_tile_box(mx, my, ca, cb, cc, op, x0, y0, x1, y1):
     return nx0, ny0, nx1, ny1
 
 
+# ---- the stages shared by forward and backward ----------------------------------------------------
+
+
+@triton.jit
+def _camera_point(i, m, means_ptr, cam_ptr):
+    """The means (world) and their camera-space points p = W m + t, for a block of Gaussians."""
+    mx = tl.load(means_ptr + 3 * i, mask=m, other=0.0)
+    my = tl.load(means_ptr + 3 * i + 1, mask=m, other=0.0)
+    mz = tl.load(means_ptr + 3 * i + 2, mask=m, other=1.0)
+    px = tl.load(cam_ptr + 0) * mx + tl.load(cam_ptr + 1) * my + tl.load(cam_ptr + 2) * mz + tl.load(cam_ptr + 9)
+    py = tl.load(cam_ptr + 3) * mx + tl.load(cam_ptr + 4) * my + tl.load(cam_ptr + 5) * mz + tl.load(cam_ptr + 10)
+    pz = tl.load(cam_ptr + 6) * mx + tl.load(cam_ptr + 7) * my + tl.load(cam_ptr + 8) * mz + tl.load(cam_ptr + 11)
+    return mx, my, mz, px, py, pz
+
+
+@triton.jit
+def _jacobian_w(px, py, pz, cam_ptr):
+    """Near/far culling, the clamped point of the projection's Jacobian J (3DGS: 1.3x the field
+    of view), and A = J W (2 x 3). Culled Gaussians get z = 1 so that nothing divides by zero."""
+    in_range = (pz > tl.load(cam_ptr + 19)) & (pz < tl.load(cam_ptr + 20))
+    z = tl.where(in_range, pz, 1.0)
+    cxr, free_x = _clamped_ratio(px / z, -tl.load(cam_ptr + 23), tl.load(cam_ptr + 22))
+    cyr, free_y = _clamped_ratio(py / z, -tl.load(cam_ptr + 25), tl.load(cam_ptr + 24))
+    fx, fy = tl.load(cam_ptr + 15), tl.load(cam_ptr + 16)
+    j00 = fx / z
+    j02 = -fx * (z * cxr) / (z * z)
+    j11 = fy / z
+    j12 = -fy * (z * cyr) / (z * z)
+    a00 = j00 * tl.load(cam_ptr + 0) + j02 * tl.load(cam_ptr + 6)
+    a01 = j00 * tl.load(cam_ptr + 1) + j02 * tl.load(cam_ptr + 7)
+    a02 = j00 * tl.load(cam_ptr + 2) + j02 * tl.load(cam_ptr + 8)
+    a10 = j11 * tl.load(cam_ptr + 3) + j12 * tl.load(cam_ptr + 6)
+    a11 = j11 * tl.load(cam_ptr + 4) + j12 * tl.load(cam_ptr + 7)
+    a12 = j11 * tl.load(cam_ptr + 5) + j12 * tl.load(cam_ptr + 8)
+    return in_range, z, cxr, cyr, free_x, free_y, a00, a01, a02, a10, a11, a12
+
+
+@triton.jit
+def _rotation_and_scales(i, m, quats_ptr, log_scales_ptr):
+    """R of the normalised quaternion (F.normalize, eps 1e-12), row major, and exp(log_scales)."""
+    qw = tl.load(quats_ptr + 4 * i, mask=m, other=1.0)
+    qx = tl.load(quats_ptr + 4 * i + 1, mask=m, other=0.0)
+    qy = tl.load(quats_ptr + 4 * i + 2, mask=m, other=0.0)
+    qz = tl.load(quats_ptr + 4 * i + 3, mask=m, other=0.0)
+    qden = tl.maximum(tl.sqrt(qw * qw + qx * qx + qy * qy + qz * qz), 1e-12)
+    r00, r01, r02, r10, r11, r12, r20, r21, r22 = _rotmat(qw / qden, qx / qden, qy / qden, qz / qden)
+    s0 = tl.exp(tl.load(log_scales_ptr + 3 * i, mask=m, other=0.0))
+    s1 = tl.exp(tl.load(log_scales_ptr + 3 * i + 1, mask=m, other=0.0))
+    s2 = tl.exp(tl.load(log_scales_ptr + 3 * i + 2, mask=m, other=0.0))
+    return r00, r01, r02, r10, r11, r12, r20, r21, r22, s0, s1, s2
+
+
+@triton.jit
+def _cov2d(a00, a01, a02, a10, a11, a12, r00, r01, r02, r10, r11, r12, r20, r21, r22, s0, s1, s2):
+    """V = A R (2 x 3) and the 2D covariance U U^T (U = V diag(s)) before the low-pass filter,
+    as (a, b, c) = ([0,0], [0,1], [1,1])."""
+    v00 = a00 * r00 + a01 * r10 + a02 * r20
+    v01 = a00 * r01 + a01 * r11 + a02 * r21
+    v02 = a00 * r02 + a01 * r12 + a02 * r22
+    v10 = a10 * r00 + a11 * r10 + a12 * r20
+    v11 = a10 * r01 + a11 * r11 + a12 * r21
+    v12 = a10 * r02 + a11 * r12 + a12 * r22
+    u00, u01, u02 = v00 * s0, v01 * s1, v02 * s2
+    u10, u11, u12 = v10 * s0, v11 * s1, v12 * s2
+    ca = u00 * u00 + u01 * u01 + u02 * u02
+    cb = u00 * u10 + u01 * u11 + u02 * u12
+    cc = u10 * u10 + u11 * u11 + u12 * u12
+    return v00, v01, v02, v10, v11, v12, ca, cb, cc
+
+
+@triton.jit
+def _sh_color(i, m, ux, uy, uz, sh0_ptr, shN_ptr, sh_stride, NUM_BASES: tl.constexpr):
+    """sum_k basis_k(u) coeff_k per channel (before the +0.5 and the clamp), u the view direction."""
+    c0 = tl.load(sh0_ptr + 3 * i, mask=m, other=0.0) * _C0
+    c1 = tl.load(sh0_ptr + 3 * i + 1, mask=m, other=0.0) * _C0
+    c2 = tl.load(sh0_ptr + 3 * i + 2, mask=m, other=0.0) * _C0
+    for k in tl.static_range(1, NUM_BASES):
+        bk = _sh_basis(k, ux, uy, uz)
+        base = shN_ptr + i * sh_stride + 3 * (k - 1)
+        c0 += bk * tl.load(base, mask=m, other=0.0)
+        c1 += bk * tl.load(base + 1, mask=m, other=0.0)
+        c2 += bk * tl.load(base + 2, mask=m, other=0.0)
+    return c0, c1, c2
+
+
+@triton.jit
+def _tile_rect(m2x, m2y, radius, tiles_x, tiles_y):
+    """Inclusive tile range of the square [mean - r, mean + r], clipped to the grid
+    (reference.tile_rect): x0 > x1 or y0 > y1 when it touches no tile."""
+    x0 = tl.minimum(tl.maximum(tl.floor((m2x - radius) / _TILE), 0.0), tiles_x * 1.0).to(tl.int32)
+    x1 = tl.minimum(tl.maximum(tl.floor((m2x + radius) / _TILE), -1.0), tiles_x - 1.0).to(tl.int32)
+    y0 = tl.minimum(tl.maximum(tl.floor((m2y - radius) / _TILE), 0.0), tiles_y * 1.0).to(tl.int32)
+    y1 = tl.minimum(tl.maximum(tl.floor((m2y + radius) / _TILE), -1.0), tiles_y - 1.0).to(tl.int32)
+    return x0, y0, x1, y1
+
+
 # ---- forward ----------------------------------------------------------------------------------
 
 
@@ -235,73 +331,30 @@ def project_forward_kernel(
     (sh_stride = 3 (K - 1)), cam [26]. Outputs means2d [N, 2], conics [N, 3], depths [N],
     opacities [N], colors [N, 3], radii [N] int32 (0 = not rendered), rect [N, 4] int32.
     """
-    pid = tl.program_id(0)
-    i = pid * BLOCK + tl.arange(0, BLOCK)
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = i < n
-    mx = tl.load(means_ptr + 3 * i, mask=m, other=0.0)
-    my = tl.load(means_ptr + 3 * i + 1, mask=m, other=0.0)
-    mz = tl.load(means_ptr + 3 * i + 2, mask=m, other=1.0)
-    w00, w01, w02 = tl.load(cam_ptr + 0), tl.load(cam_ptr + 1), tl.load(cam_ptr + 2)
-    w10, w11, w12 = tl.load(cam_ptr + 3), tl.load(cam_ptr + 4), tl.load(cam_ptr + 5)
-    w20, w21, w22 = tl.load(cam_ptr + 6), tl.load(cam_ptr + 7), tl.load(cam_ptr + 8)
-    fx, fy, cx, cy = tl.load(cam_ptr + 15), tl.load(cam_ptr + 16), tl.load(cam_ptr + 17), tl.load(cam_ptr + 18)
-    px = w00 * mx + w01 * my + w02 * mz + tl.load(cam_ptr + 9)
-    py = w10 * mx + w11 * my + w12 * mz + tl.load(cam_ptr + 10)
-    pz = w20 * mx + w21 * my + w22 * mz + tl.load(cam_ptr + 11)
-    in_range = (pz > tl.load(cam_ptr + 19)) & (pz < tl.load(cam_ptr + 20))
-    z = tl.where(in_range, pz, 1.0)  # a safe depth for culled Gaussians
-    tx = z * _clamped_ratio(px / z, -tl.load(cam_ptr + 23), tl.load(cam_ptr + 22))[0]
-    ty = z * _clamped_ratio(py / z, -tl.load(cam_ptr + 25), tl.load(cam_ptr + 24))[0]
-    j00 = fx / z
-    j02 = -fx * tx / (z * z)
-    j11 = fy / z
-    j12 = -fy * ty / (z * z)
-    # A = J W (2 x 3)
-    a00 = j00 * w00 + j02 * w20
-    a01 = j00 * w01 + j02 * w21
-    a02 = j00 * w02 + j02 * w22
-    a10 = j11 * w10 + j12 * w20
-    a11 = j11 * w11 + j12 * w21
-    a12 = j11 * w12 + j12 * w22
-    qw = tl.load(quats_ptr + 4 * i, mask=m, other=1.0)
-    qx = tl.load(quats_ptr + 4 * i + 1, mask=m, other=0.0)
-    qy = tl.load(quats_ptr + 4 * i + 2, mask=m, other=0.0)
-    qz = tl.load(quats_ptr + 4 * i + 3, mask=m, other=0.0)
-    qden = tl.maximum(tl.sqrt(qw * qw + qx * qx + qy * qy + qz * qz), 1e-12)
-    r00, r01, r02, r10, r11, r12, r20, r21, r22 = _rotmat(qw / qden, qx / qden, qy / qden, qz / qden)
-    s0 = tl.exp(tl.load(log_scales_ptr + 3 * i, mask=m, other=0.0))
-    s1 = tl.exp(tl.load(log_scales_ptr + 3 * i + 1, mask=m, other=0.0))
-    s2 = tl.exp(tl.load(log_scales_ptr + 3 * i + 2, mask=m, other=0.0))
-    # U = A R diag(s) (2 x 3); cov2d = U U^T
-    u00 = (a00 * r00 + a01 * r10 + a02 * r20) * s0
-    u01 = (a00 * r01 + a01 * r11 + a02 * r21) * s1
-    u02 = (a00 * r02 + a01 * r12 + a02 * r22) * s2
-    u10 = (a10 * r00 + a11 * r10 + a12 * r20) * s0
-    u11 = (a10 * r01 + a11 * r11 + a12 * r21) * s1
-    u12 = (a10 * r02 + a11 * r12 + a12 * r22) * s2
-    ca = u00 * u00 + u01 * u01 + u02 * u02
-    cb = u00 * u10 + u01 * u11 + u02 * u12
-    cc = u10 * u10 + u11 * u11 + u12 * u12
+    mx, my, mz, px, py, pz = _camera_point(i, m, means_ptr, cam_ptr)
+    in_range, z, _cxr, _cyr, _fx, _fy, a00, a01, a02, a10, a11, a12 = _jacobian_w(px, py, pz, cam_ptr)
+    r00, r01, r02, r10, r11, r12, r20, r21, r22, s0, s1, s2 = _rotation_and_scales(i, m, quats_ptr, log_scales_ptr)
+    _v00, _v01, _v02, _v10, _v11, _v12, ca, cb, cc = _cov2d(
+        a00, a01, a02, a10, a11, a12, r00, r01, r02, r10, r11, r12, r20, r21, r22, s0, s1, s2
+    )
     det_raw = ca * cc - cb * cb
     eps2d = tl.load(cam_ptr + 21)
     ca += eps2d  # low-pass filter: every splat covers about a pixel
     cc += eps2d
     det = ca * cc - cb * cb
-    sig = 1.0 / (1.0 + tl.exp(-tl.load(logit_ptr + i, mask=m, other=0.0)))
+    opac = 1.0 / (1.0 + tl.exp(-tl.load(logit_ptr + i, mask=m, other=0.0)))
     if ANTIALIASED:  # Mip-Splatting's compensation
-        opac = sig * tl.sqrt(tl.maximum(det_raw / tl.maximum(det, 1e-30), 0.0))
-    else:
-        opac = sig
+        opac = opac * tl.sqrt(tl.maximum(det_raw / tl.maximum(det, 1e-30), 0.0))
     valid = in_range & (det > 0.0)
     detv = tl.where(valid, det, 1.0)
-    con_a = cc / detv
-    con_b = -cb / detv
-    con_c = ca / detv
+    con_a, con_b, con_c = cc / detv, -cb / detv, ca / detv
     mid = 0.5 * (ca + cc)
     lambda_max = mid + _sqrt_rn(tl.maximum(mid * mid - detv, _LAMBDA_FLOOR))
-    radius = tl.ceil(_RADIUS_SIGMAS * _sqrt_rn(lambda_max))
-    m2x = fx * px / z + cx
-    m2y = fy * py / z + cy
+    radius = tl.ceil(_sqrt_rn(lambda_max) * _RADIUS_SIGMAS)
+    m2x = tl.load(cam_ptr + 15) * px / z + tl.load(cam_ptr + 17)
+    m2y = tl.load(cam_ptr + 16) * py / z + tl.load(cam_ptr + 18)
     tl.store(means2d_ptr + 2 * i, m2x, mask=m)
     tl.store(means2d_ptr + 2 * i + 1, m2y, mask=m)
     tl.store(conics_ptr + 3 * i, con_a, mask=m)
@@ -309,34 +362,19 @@ def project_forward_kernel(
     tl.store(conics_ptr + 3 * i + 2, con_c, mask=m)
     tl.store(depths_ptr + i, pz, mask=m)
     tl.store(opac_ptr + i, opac, mask=m)
-
-    # colour: SH in the world-space direction from the camera centre
-    ux, uy, uz, _dn = _view_dir(mx, my, mz, cam_ptr)
-    c0 = _C0 * tl.load(sh0_ptr + 3 * i, mask=m, other=0.0)
-    c1 = _C0 * tl.load(sh0_ptr + 3 * i + 1, mask=m, other=0.0)
-    c2 = _C0 * tl.load(sh0_ptr + 3 * i + 2, mask=m, other=0.0)
-    for k in tl.static_range(1, NUM_BASES):
-        bk = _sh_basis(k, ux, uy, uz)
-        base = shN_ptr + i * sh_stride + 3 * (k - 1)
-        c0 += bk * tl.load(base, mask=m, other=0.0)
-        c1 += bk * tl.load(base + 1, mask=m, other=0.0)
-        c2 += bk * tl.load(base + 2, mask=m, other=0.0)
+    ux, uy, uz, _dn = _view_dir(mx, my, mz, cam_ptr)  # SH in world space, from the camera centre
+    c0, c1, c2 = _sh_color(i, m, ux, uy, uz, sh0_ptr, shN_ptr, sh_stride, NUM_BASES)
     tl.store(colors_ptr + 3 * i, tl.maximum(c0 + 0.5, 0.0), mask=m)
     tl.store(colors_ptr + 3 * i + 1, tl.maximum(c1 + 0.5, 0.0), mask=m)
     tl.store(colors_ptr + 3 * i + 2, tl.maximum(c2 + 0.5, 0.0), mask=m)
-
-    # tiles of the 3-sigma square (reference.tile_rect), then only those alpha >= 1/255 reaches
-    x0 = tl.minimum(tl.maximum(tl.floor((m2x - radius) / _TILE), 0.0), tiles_x * 1.0).to(tl.int32)
-    x1 = tl.minimum(tl.maximum(tl.floor((m2x + radius) / _TILE), -1.0), tiles_x - 1.0).to(tl.int32)
-    y0 = tl.minimum(tl.maximum(tl.floor((m2y - radius) / _TILE), 0.0), tiles_y * 1.0).to(tl.int32)
-    y1 = tl.minimum(tl.maximum(tl.floor((m2y + radius) / _TILE), -1.0), tiles_y - 1.0).to(tl.int32)
+    # tiles of the 3-sigma square, then only those that alpha >= 1/255 reaches
+    x0, y0, x1, y1 = _tile_rect(m2x, m2y, radius, tiles_x, tiles_y)
     visible = valid & (x0 <= x1) & (y0 <= y1)
     tl.store(radii_ptr + i, tl.where(visible, radius.to(tl.int32), 0), mask=m)
     x0, y0, x1, y1 = _alpha_tile_box(m2x, m2y, con_a, con_b, con_c, opac, x0, y0, x1, y1)
-    x1 = tl.where(visible, x1, x0 - 1)
     tl.store(rect_ptr + 4 * i, x0, mask=m)
     tl.store(rect_ptr + 4 * i + 1, y0, mask=m)
-    tl.store(rect_ptr + 4 * i + 2, x1, mask=m)
+    tl.store(rect_ptr + 4 * i + 2, tl.where(visible, x1, x0 - 1), mask=m)
     tl.store(rect_ptr + 4 * i + 3, y1, mask=m)
 
 
@@ -400,21 +438,13 @@ def _sh_backward(
     NUM_BASES: tl.constexpr,
 ):  # fmt: skip
     """Gradients of the SH coefficients, and of the mean through the view direction."""
-    r0 = _C0 * tl.load(sh0_ptr + 3 * i, mask=m, other=0.0)
-    r1 = _C0 * tl.load(sh0_ptr + 3 * i + 1, mask=m, other=0.0)
-    r2 = _C0 * tl.load(sh0_ptr + 3 * i + 2, mask=m, other=0.0)
-    for k in tl.static_range(1, NUM_BASES):  # forward again: the clamp's mask needs the raw colour
-        bk = _sh_basis(k, ux, uy, uz)
-        base = shN_ptr + i * sh_stride + 3 * (k - 1)
-        r0 += bk * tl.load(base, mask=m, other=0.0)
-        r1 += bk * tl.load(base + 1, mask=m, other=0.0)
-        r2 += bk * tl.load(base + 2, mask=m, other=0.0)
+    r0, r1, r2 = _sh_color(i, m, ux, uy, uz, sh0_ptr, shN_ptr, sh_stride, NUM_BASES)  # the clamp's mask
     v0 = tl.where(r0 + 0.5 >= 0.0, tl.load(v_colors_ptr + 3 * i, mask=m, other=0.0), 0.0)
     v1 = tl.where(r1 + 0.5 >= 0.0, tl.load(v_colors_ptr + 3 * i + 1, mask=m, other=0.0), 0.0)
     v2 = tl.where(r2 + 0.5 >= 0.0, tl.load(v_colors_ptr + 3 * i + 2, mask=m, other=0.0), 0.0)
-    tl.store(g_sh0_ptr + 3 * i, _C0 * v0, mask=m)
-    tl.store(g_sh0_ptr + 3 * i + 1, _C0 * v1, mask=m)
-    tl.store(g_sh0_ptr + 3 * i + 2, _C0 * v2, mask=m)
+    tl.store(g_sh0_ptr + 3 * i, v0 * _C0, mask=m)
+    tl.store(g_sh0_ptr + 3 * i + 1, v1 * _C0, mask=m)
+    tl.store(g_sh0_ptr + 3 * i + 2, v2 * _C0, mask=m)
     gux = ux * 0.0
     guy = ux * 0.0
     guz = ux * 0.0
@@ -439,6 +469,85 @@ def _sh_backward(
 
 
 @triton.jit
+def _cov2d_backward(
+    i, m, g_ca, g_cb, g_cc, v00, v01, v02, v10, v11, v12, s0, s1, s2, g_log_scales_ptr,
+):  # fmt: skip
+    """cov2d = U U^T, U = V diag(s): stores dL/dlog_scales, returns dL/dV (2 x 3)."""
+    u00, u01, u02 = v00 * s0, v01 * s1, v02 * s2
+    u10, u11, u12 = v10 * s0, v11 * s1, v12 * s2
+    # cov2d read as a = [0,0], b = [0,1], c = [1,1]: dL/dU = (G + G^T) U, G = [[g_a, g_b], [0, g_c]]
+    gu00 = 2.0 * g_ca * u00 + g_cb * u10
+    gu01 = 2.0 * g_ca * u01 + g_cb * u11
+    gu02 = 2.0 * g_ca * u02 + g_cb * u12
+    gu10 = g_cb * u00 + 2.0 * g_cc * u10
+    gu11 = g_cb * u01 + 2.0 * g_cc * u11
+    gu12 = g_cb * u02 + 2.0 * g_cc * u12
+    tl.store(g_log_scales_ptr + 3 * i, (gu00 * v00 + gu10 * v10) * s0, mask=m)
+    tl.store(g_log_scales_ptr + 3 * i + 1, (gu01 * v01 + gu11 * v11) * s1, mask=m)
+    tl.store(g_log_scales_ptr + 3 * i + 2, (gu02 * v02 + gu12 * v12) * s2, mask=m)
+    return gu00 * s0, gu01 * s1, gu02 * s2, gu10 * s0, gu11 * s1, gu12 * s2
+
+
+@triton.jit
+def _rotation_backward(
+    i, m, quats_ptr, g_quats_ptr, gv00, gv01, gv02, gv10, gv11, gv12,
+    a00, a01, a02, a10, a11, a12, r00, r01, r02, r10, r11, r12, r20, r21, r22,
+):  # fmt: skip
+    """V = A R: stores dL/dquats (through R), returns dL/dA = dL/dV R^T (2 x 3)."""
+    qw = tl.load(quats_ptr + 4 * i, mask=m, other=1.0)
+    qx = tl.load(quats_ptr + 4 * i + 1, mask=m, other=0.0)
+    qy = tl.load(quats_ptr + 4 * i + 2, mask=m, other=0.0)
+    qz = tl.load(quats_ptr + 4 * i + 3, mask=m, other=0.0)
+    gqw, gqx, gqy, gqz = _quat_backward(  # dL/dR = A^T dL/dV
+        qw, qx, qy, qz,
+        a00 * gv00 + a10 * gv10, a00 * gv01 + a10 * gv11, a00 * gv02 + a10 * gv12,
+        a01 * gv00 + a11 * gv10, a01 * gv01 + a11 * gv11, a01 * gv02 + a11 * gv12,
+        a02 * gv00 + a12 * gv10, a02 * gv01 + a12 * gv11, a02 * gv02 + a12 * gv12,
+    )  # fmt: skip
+    tl.store(g_quats_ptr + 4 * i, gqw, mask=m)
+    tl.store(g_quats_ptr + 4 * i + 1, gqx, mask=m)
+    tl.store(g_quats_ptr + 4 * i + 2, gqy, mask=m)
+    tl.store(g_quats_ptr + 4 * i + 3, gqz, mask=m)
+    return (
+        gv00 * r00 + gv01 * r01 + gv02 * r02, gv00 * r10 + gv01 * r11 + gv02 * r12,
+        gv00 * r20 + gv01 * r21 + gv02 * r22, gv10 * r00 + gv11 * r01 + gv12 * r02,
+        gv10 * r10 + gv11 * r11 + gv12 * r12, gv10 * r20 + gv11 * r21 + gv12 * r22,
+    )  # fmt: skip
+
+
+@triton.jit
+def _point_backward(i, m, px, py, z, cxr, cyr, free_x, free_y, in_range, ga00, ga01, ga02, ga10, ga11, ga12,
+                    v_means2d_ptr, v_depths_ptr, cam_ptr):  # fmt: skip
+    """A = J W (only J's entries 00, 02, 11, 12 vary), means2d = (fx px / z + cx, fy py / z + cy)
+    and depth = pz, back to the camera-space point, then through p = W m + t to the mean."""
+    w00, w01, w02 = tl.load(cam_ptr + 0), tl.load(cam_ptr + 1), tl.load(cam_ptr + 2)
+    w10, w11, w12 = tl.load(cam_ptr + 3), tl.load(cam_ptr + 4), tl.load(cam_ptr + 5)
+    w20, w21, w22 = tl.load(cam_ptr + 6), tl.load(cam_ptr + 7), tl.load(cam_ptr + 8)
+    fx, fy = tl.load(cam_ptr + 15), tl.load(cam_ptr + 16)
+    gj00 = ga00 * w00 + ga01 * w01 + ga02 * w02
+    gj02 = ga00 * w20 + ga01 * w21 + ga02 * w22
+    gj11 = ga10 * w10 + ga11 * w11 + ga12 * w12
+    gj12 = ga10 * w20 + ga11 * w21 + ga12 * w22
+    zz2 = z * z
+    tx, ty = z * cxr, z * cyr
+    g_z = (-fx * gj00 - fy * gj11) / zz2 + 2.0 * (fx * tx * gj02 + fy * ty * gj12) / (zz2 * z)
+    g_tx = -fx / zz2 * gj02
+    g_ty = -fy / zz2 * gj12
+    # tx = z * clamp(px / z): to px where inside the clamp, else to z (times the limit)
+    g_px = tl.where(free_x, g_tx, 0.0)
+    g_py = tl.where(free_y, g_ty, 0.0)
+    g_z += tl.where(free_x, 0.0, g_tx * cxr) + tl.where(free_y, 0.0, g_ty * cyr)
+    gm2x = tl.load(v_means2d_ptr + 2 * i, mask=m, other=0.0)
+    gm2y = tl.load(v_means2d_ptr + 2 * i + 1, mask=m, other=0.0)
+    g_px += gm2x * fx / z
+    g_py += gm2y * fy / z
+    g_z += -(gm2x * fx * px + gm2y * fy * py) / zz2
+    g_pz = tl.where(in_range, g_z, 0.0) + tl.load(v_depths_ptr + i, mask=m, other=0.0)
+    return (w00 * g_px + w10 * g_py + w20 * g_pz, w01 * g_px + w11 * g_py + w21 * g_pz,
+            w02 * g_px + w12 * g_py + w22 * g_pz)  # fmt: skip
+
+
+@triton.jit
 def project_backward_kernel(
     means_ptr, quats_ptr, log_scales_ptr, logit_ptr, sh0_ptr, shN_ptr, cam_ptr,
     v_means2d_ptr, v_conics_ptr, v_depths_ptr, v_opac_ptr, v_colors_ptr,
@@ -453,118 +562,31 @@ def project_backward_kernel(
     camera-space point, quaternion, log-scales; SH colour -> coefficients and the view
     direction -> means. g_shN's coefficients above the degree used must be zero-initialised.
     """
-    pid = tl.program_id(0)
-    i = pid * BLOCK + tl.arange(0, BLOCK)
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = i < n
-    mx = tl.load(means_ptr + 3 * i, mask=m, other=0.0)
-    my = tl.load(means_ptr + 3 * i + 1, mask=m, other=0.0)
-    mz = tl.load(means_ptr + 3 * i + 2, mask=m, other=1.0)
-    w00, w01, w02 = tl.load(cam_ptr + 0), tl.load(cam_ptr + 1), tl.load(cam_ptr + 2)
-    w10, w11, w12 = tl.load(cam_ptr + 3), tl.load(cam_ptr + 4), tl.load(cam_ptr + 5)
-    w20, w21, w22 = tl.load(cam_ptr + 6), tl.load(cam_ptr + 7), tl.load(cam_ptr + 8)
-    fx, fy = tl.load(cam_ptr + 15), tl.load(cam_ptr + 16)
-    px = w00 * mx + w01 * my + w02 * mz + tl.load(cam_ptr + 9)
-    py = w10 * mx + w11 * my + w12 * mz + tl.load(cam_ptr + 10)
-    pz = w20 * mx + w21 * my + w22 * mz + tl.load(cam_ptr + 11)
-    in_range = (pz > tl.load(cam_ptr + 19)) & (pz < tl.load(cam_ptr + 20))
-    z = tl.where(in_range, pz, 1.0)
-    cxr, free_x = _clamped_ratio(px / z, -tl.load(cam_ptr + 23), tl.load(cam_ptr + 22))
-    cyr, free_y = _clamped_ratio(py / z, -tl.load(cam_ptr + 25), tl.load(cam_ptr + 24))
-    tx = z * cxr
-    ty = z * cyr
-    zz2 = z * z
-    j00 = fx / z
-    j02 = -fx * tx / zz2
-    j11 = fy / z
-    j12 = -fy * ty / zz2
-    a00 = j00 * w00 + j02 * w20
-    a01 = j00 * w01 + j02 * w21
-    a02 = j00 * w02 + j02 * w22
-    a10 = j11 * w10 + j12 * w20
-    a11 = j11 * w11 + j12 * w21
-    a12 = j11 * w12 + j12 * w22
-    qw = tl.load(quats_ptr + 4 * i, mask=m, other=1.0)
-    qx = tl.load(quats_ptr + 4 * i + 1, mask=m, other=0.0)
-    qy = tl.load(quats_ptr + 4 * i + 2, mask=m, other=0.0)
-    qz = tl.load(quats_ptr + 4 * i + 3, mask=m, other=0.0)
-    qden = tl.maximum(tl.sqrt(qw * qw + qx * qx + qy * qy + qz * qz), 1e-12)
-    r00, r01, r02, r10, r11, r12, r20, r21, r22 = _rotmat(qw / qden, qx / qden, qy / qden, qz / qden)
-    s0 = tl.exp(tl.load(log_scales_ptr + 3 * i, mask=m, other=0.0))
-    s1 = tl.exp(tl.load(log_scales_ptr + 3 * i + 1, mask=m, other=0.0))
-    s2 = tl.exp(tl.load(log_scales_ptr + 3 * i + 2, mask=m, other=0.0))
-    # V = A R (2 x 3), U = V diag(s)
-    v00 = a00 * r00 + a01 * r10 + a02 * r20
-    v01 = a00 * r01 + a01 * r11 + a02 * r21
-    v02 = a00 * r02 + a01 * r12 + a02 * r22
-    v10 = a10 * r00 + a11 * r10 + a12 * r20
-    v11 = a10 * r01 + a11 * r11 + a12 * r21
-    v12 = a10 * r02 + a11 * r12 + a12 * r22
-    u00, u01, u02 = v00 * s0, v01 * s1, v02 * s2
-    u10, u11, u12 = v10 * s0, v11 * s1, v12 * s2
-    ca0 = u00 * u00 + u01 * u01 + u02 * u02
-    cb = u00 * u10 + u01 * u11 + u02 * u12
-    cc0 = u10 * u10 + u11 * u11 + u12 * u12
+    mx, my, mz, px, py, pz = _camera_point(i, m, means_ptr, cam_ptr)
+    in_range, z, cxr, cyr, free_x, free_y, a00, a01, a02, a10, a11, a12 = _jacobian_w(px, py, pz, cam_ptr)
+    r00, r01, r02, r10, r11, r12, r20, r21, r22, s0, s1, s2 = _rotation_and_scales(i, m, quats_ptr, log_scales_ptr)
+    v00, v01, v02, v10, v11, v12, ca0, cb, cc0 = _cov2d(
+        a00, a01, a02, a10, a11, a12, r00, r01, r02, r10, r11, r12, r20, r21, r22, s0, s1, s2
+    )
     eps2d = tl.load(cam_ptr + 21)
     valid = in_range & ((ca0 + eps2d) * (cc0 + eps2d) - cb * cb > 0.0)
-
     g_ca, g_cb, g_cc, g_logit = _conic_and_opacity_backward(
         tl.load(v_conics_ptr + 3 * i, mask=m, other=0.0), tl.load(v_conics_ptr + 3 * i + 1, mask=m, other=0.0),
         tl.load(v_conics_ptr + 3 * i + 2, mask=m, other=0.0), tl.load(v_opac_ptr + i, mask=m, other=0.0),
         tl.load(logit_ptr + i, mask=m, other=0.0), ca0, cb, cc0, eps2d, valid, ANTIALIASED,
     )  # fmt: skip
     tl.store(g_logit_ptr + i, g_logit, mask=m)
-    # cov2d = U U^T, read as a = [0,0], b = [0,1], c = [1,1]:  dL/dU = (G + G^T) U
-    gu00 = 2.0 * g_ca * u00 + g_cb * u10
-    gu01 = 2.0 * g_ca * u01 + g_cb * u11
-    gu02 = 2.0 * g_ca * u02 + g_cb * u12
-    gu10 = g_cb * u00 + 2.0 * g_cc * u10
-    gu11 = g_cb * u01 + 2.0 * g_cc * u11
-    gu12 = g_cb * u02 + 2.0 * g_cc * u12
-    tl.store(g_log_scales_ptr + 3 * i, (gu00 * v00 + gu10 * v10) * s0, mask=m)
-    tl.store(g_log_scales_ptr + 3 * i + 1, (gu01 * v01 + gu11 * v11) * s1, mask=m)
-    tl.store(g_log_scales_ptr + 3 * i + 2, (gu02 * v02 + gu12 * v12) * s2, mask=m)
-    gv00, gv01, gv02 = gu00 * s0, gu01 * s1, gu02 * s2
-    gv10, gv11, gv12 = gu10 * s0, gu11 * s1, gu12 * s2
-    # V = A R:  dL/dA = dL/dV R^T,  dL/dR = A^T dL/dV
-    ga00 = gv00 * r00 + gv01 * r01 + gv02 * r02
-    ga01 = gv00 * r10 + gv01 * r11 + gv02 * r12
-    ga02 = gv00 * r20 + gv01 * r21 + gv02 * r22
-    ga10 = gv10 * r00 + gv11 * r01 + gv12 * r02
-    ga11 = gv10 * r10 + gv11 * r11 + gv12 * r12
-    ga12 = gv10 * r20 + gv11 * r21 + gv12 * r22
-    gqw, gqx, gqy, gqz = _quat_backward(
-        qw, qx, qy, qz,
-        a00 * gv00 + a10 * gv10, a00 * gv01 + a10 * gv11, a00 * gv02 + a10 * gv12,
-        a01 * gv00 + a11 * gv10, a01 * gv01 + a11 * gv11, a01 * gv02 + a11 * gv12,
-        a02 * gv00 + a12 * gv10, a02 * gv01 + a12 * gv11, a02 * gv02 + a12 * gv12,
+    gv00, gv01, gv02, gv10, gv11, gv12 = _cov2d_backward(
+        i, m, g_ca, g_cb, g_cc, v00, v01, v02, v10, v11, v12, s0, s1, s2, g_log_scales_ptr
+    )
+    ga00, ga01, ga02, ga10, ga11, ga12 = _rotation_backward(
+        i, m, quats_ptr, g_quats_ptr, gv00, gv01, gv02, gv10, gv11, gv12,
+        a00, a01, a02, a10, a11, a12, r00, r01, r02, r10, r11, r12, r20, r21, r22,
     )  # fmt: skip
-    tl.store(g_quats_ptr + 4 * i, gqw, mask=m)
-    tl.store(g_quats_ptr + 4 * i + 1, gqx, mask=m)
-    tl.store(g_quats_ptr + 4 * i + 2, gqy, mask=m)
-    tl.store(g_quats_ptr + 4 * i + 3, gqz, mask=m)
-    # A = J W: only J's entries 00, 02, 11, 12 vary
-    gj00 = ga00 * w00 + ga01 * w01 + ga02 * w02
-    gj02 = ga00 * w20 + ga01 * w21 + ga02 * w22
-    gj11 = ga10 * w10 + ga11 * w11 + ga12 * w12
-    gj12 = ga10 * w20 + ga11 * w21 + ga12 * w22
-    g_z = (-fx * gj00 - fy * gj11) / zz2 + 2.0 * (fx * tx * gj02 + fy * ty * gj12) / (zz2 * z)
-    g_tx = -fx / zz2 * gj02
-    g_ty = -fy / zz2 * gj12
-    # tx = z * clamp(px / z): to px where inside the clamp, else to z (times the limit)
-    g_px = tl.where(free_x, g_tx, 0.0)
-    g_py = tl.where(free_y, g_ty, 0.0)
-    g_z += tl.where(free_x, 0.0, g_tx * cxr) + tl.where(free_y, 0.0, g_ty * cyr)
-    # means2d = (fx px / z + cx, fy py / z + cy)
-    gm2x = tl.load(v_means2d_ptr + 2 * i, mask=m, other=0.0)
-    gm2y = tl.load(v_means2d_ptr + 2 * i + 1, mask=m, other=0.0)
-    g_px += gm2x * fx / z
-    g_py += gm2y * fy / z
-    g_z += -(gm2x * fx * px + gm2y * fy * py) / zz2
-    g_pz = tl.where(in_range, g_z, 0.0) + tl.load(v_depths_ptr + i, mask=m, other=0.0)
-    # p = W m + t
-    gmx = w00 * g_px + w10 * g_py + w20 * g_pz
-    gmy = w01 * g_px + w11 * g_py + w21 * g_pz
-    gmz = w02 * g_px + w12 * g_py + w22 * g_pz
+    gmx, gmy, gmz = _point_backward(i, m, px, py, z, cxr, cyr, free_x, free_y, in_range,
+                                    ga00, ga01, ga02, ga10, ga11, ga12, v_means2d_ptr, v_depths_ptr, cam_ptr)  # fmt: skip
     ux, uy, uz, dn = _view_dir(mx, my, mz, cam_ptr)
     dmx, dmy, dmz = _sh_backward(
         i, m, ux, uy, uz, dn, sh0_ptr, shN_ptr, v_colors_ptr, g_sh0_ptr, g_shN_ptr, sh_stride, NUM_BASES
