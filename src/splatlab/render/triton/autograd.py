@@ -151,7 +151,7 @@ def bin_gaussians(rect: torch.Tensor, radii: torch.Tensor, depths: torch.Tensor,
         if num_pairs:
             emit_intersections_kernel[(triton.cdiv(num_pairs, PAIR_BLOCK),)](
                 pair_offsets, depth_order, rect, tile, gid_emitted, num_pairs, n, tiles_x,
-                SEARCH_STEPS=max(1, math.ceil(math.log2(n + 1)) + 1), BLOCK=PAIR_BLOCK, num_warps=NUM_WARPS,
+                SEARCH_STEPS=_search_steps(n), BLOCK=PAIR_BLOCK, num_warps=NUM_WARPS,
             )  # fmt: skip
         tile_sorted, slot_of = torch.sort(tile, stable=True)  # [M] by tile, depth order kept
         gid = gid_emitted[slot_of]
@@ -159,6 +159,12 @@ def bin_gaussians(rect: torch.Tensor, radii: torch.Tensor, depths: torch.Tensor,
             tile_sorted, torch.arange(tiles_x * tiles_y + 1, dtype=torch.int32, device=device)
         )
     return TileBinning(gid, slot_of, tile_offsets, pair_offsets, depth_order, tiles_x, tiles_y)
+
+
+def _search_steps(n: int) -> int:
+    """Binary-search steps over n + 1 offsets, rounded up to a multiple of 8 so that a model
+    growing during training recompiles the binning kernel a few times, not at every doubling."""
+    return 8 * math.ceil((math.ceil(math.log2(n + 1)) + 1) / 8)
 
 
 class CompositeTiles(torch.autograd.Function):

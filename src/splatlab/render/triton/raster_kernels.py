@@ -60,8 +60,8 @@ def emit_intersections_kernel(
     hi = tl.zeros([BLOCK], dtype=tl.int64) + num_sorted
     for _ in tl.static_range(SEARCH_STEPS):
         mid = (lo + hi) // 2
-        go_right = tl.load(pair_offsets_ptr + mid, mask=m, other=0) <= p
         active = hi - lo > 1
+        go_right = tl.load(pair_offsets_ptr + mid, mask=m & active, other=0) <= p
         lo = tl.where(active & go_right, mid, lo)
         hi = tl.where(active & ~go_right, mid, hi)
     k = p - tl.load(pair_offsets_ptr + lo, mask=m, other=0)
