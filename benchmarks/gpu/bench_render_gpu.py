@@ -148,9 +148,13 @@ def _gpu_name() -> str:
 
 
 def _configs(args) -> list[dict]:
+    """The scenes, most important first (the targets are at the largest image), in case the
+    time budget runs out."""
     sizes = [common_count(s) for s in args.sizes]
-    scenes = [{"n": n, "res": res, "ply": None} for res in args.res for n in sizes]
+    res = sorted(args.res, reverse=True)
+    scenes = [{"n": n, "res": res[0], "ply": None} for n in sizes]
     scenes += [{"n": 0, "res": args.ply_res, "ply": ply} for ply in args.ply]
+    scenes += [{"n": n, "res": r, "ply": None} for r in res[1:] for n in sizes]
     return scenes
 
 
@@ -169,18 +173,23 @@ def _label(scene: dict, r: dict) -> str:
 
 def run_grid(args, device: str, tmp: str) -> tuple[list, list, list]:
     """Every scene with triton and (when importable) gsplat; rows for the table, notes, raw results."""
-    have_gsplat = device == "cuda" and importlib.util.find_spec("gsplat") is not None
+    have_gsplat = device == "cuda" and importlib.util.find_spec("gsplat") is not None and not args.no_gsplat
     rows, notes, results = [], [], []
     if not have_gsplat:
-        notes.append(f"gsplat {GSPLAT_VERSION} not importable here: its rows are missing (not measured)")
+        why = "left out (--no-gsplat)" if args.no_gsplat else "not importable here"
+        notes.append(f"gsplat {GSPLAT_VERSION} {why}: its rows are missing (not measured)")
     for i, scene in enumerate(_configs(args)):
         measured = {}
         for backend in ["triton"] + (["gsplat"] if have_gsplat else []):
+            if _time_left(args) < 20:
+                notes.append(f"{backend} at {scene['ply'] or scene['n']}, {scene['res']} px: not measured "
+                             "(the run's time budget, --deadline-s, was spent)")  # fmt: skip
+                continue
             config = {**scene, "backend": backend, "device": device, "repeats": args.repeats, "warmup": args.warmup,
                       "image_path": os.path.join(tmp, f"{i}_{backend}.pt")}  # fmt: skip
             print(f"  {scene['ply'] or scene['n']} @ {scene['res']} px  {backend:7s} ...", end="", flush=True,
                   file=sys.stderr)  # fmt: skip
-            r = common.run_child(Path(__file__), config, timeout=args.child_timeout)
+            r = common.run_child(Path(__file__), config, timeout=min(args.child_timeout, _time_left(args)))
             print(f" {r.get('fwd_bwd_ms', float('nan')):.2f} ms" if "error" not in r else f" {r['error']}",
                   file=sys.stderr)  # fmt: skip
             measured[backend] = r
@@ -199,29 +208,44 @@ def run_grid(args, device: str, tmp: str) -> tuple[list, list, list]:
     return rows, notes, results
 
 
+def _time_left(args) -> float:
+    return float("inf") if args.deadline_s is None else args.deadline_s - (time.monotonic() - _STARTED)
+
+
+_STARTED = time.monotonic()
+
+
 def run_sweep(args, device: str) -> list:
-    """Compositing CHUNK x warps for triton at the largest scene (tuning data for a GPU session)."""
-    n, res = common_count(args.sizes[-1]), args.res[-1]
+    """Compositing CHUNK x warps for triton at 1M Gaussians, the largest image (tuning data)."""
+    n, res = common_count(args.sweep_size), max(args.res)
     rows = []
     for chunk in (4, 8, 16):
         for warps in (4, 8):
+            if _time_left(args) < 20:
+                rows.append([n, f"{res}²", chunk, warps, None, None, "not measured (time budget)"])
+                continue
             config = {"n": n, "res": res, "ply": None, "backend": "triton", "device": device, "chunk": chunk,
                       "warps": warps, "repeats": args.repeats, "warmup": args.warmup}  # fmt: skip
-            r = common.run_child(Path(__file__), config, timeout=args.child_timeout)
+            r = common.run_child(Path(__file__), config, timeout=min(args.child_timeout, _time_left(args)))
             rows.append([n, f"{res}²", chunk, warps, r.get("fwd_ms"), r.get("fwd_bwd_ms"), r.get("error", "")])
     return rows
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", nargs="+", default=["100k", "1M"], help="Gaussian counts of the random scene")
+    ap.add_argument("--sizes", nargs="*", default=["100k", "1M"],
+                    help="Gaussian counts of the random scene (none: only --ply models)")
     ap.add_argument("--res", nargs="+", type=int, default=[256, 800], help="square image sizes")
     ap.add_argument("--ply", nargs="*", default=[], help="trained models (.ply) rendered too")
     ap.add_argument("--ply-res", type=int, default=800, help="image size for the trained models")
     ap.add_argument("--repeats", type=int, default=10, help="timed runs per configuration (median reported)")
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--no-gsplat", action="store_true", help="triton rows only (e.g. gsplat's build is not ready)")
     ap.add_argument("--sweep", action="store_true", help="also time CHUNK x warps of the compositing kernels")
+    ap.add_argument("--sweep-size", default="1M", help="Gaussians of the random scene the sweep renders")
     ap.add_argument("--child-timeout", type=float, default=300.0)
+    ap.add_argument("--deadline-s", type=float, default=None,
+                    help="stop starting configurations after this many seconds (rows left are 'not measured')")
     ap.add_argument("--out", type=Path, default=None, help="write the markdown tables here")
     ap.add_argument("--json", type=Path, default=None, help="write the raw results here")
     ap.add_argument("--dry-run", action="store_true",
@@ -235,7 +259,8 @@ def main(argv=None) -> int:
 
     if args.dry_run:
         os.environ["TRITON_INTERPRET"] = "1"  # inherited by the children
-        args.sizes, args.res, args.repeats, args.warmup, args.ply_res = ["300"], [32], 1, 0, 32
+        args.sizes = ["300"] if args.sizes else []
+        args.res, args.repeats, args.warmup, args.ply_res, args.sweep_size = [32], 1, 0, 32, "300"
         device = "cpu"
     elif not torch.cuda.is_available():
         print("error: no CUDA GPU here; --dry-run checks the harness on the CPU", file=sys.stderr)
