@@ -5,6 +5,7 @@
     python benchmarks/bench_render.py --sizes 100k --res 256  # one configuration
     python benchmarks/bench_render.py --write-docs docs/benchmarks.md   # also update the docs table
     python benchmarks/bench_render.py --ply point_cloud.ply   # a trained model instead of the random scene
+    python benchmarks/bench_render.py --backend triton [...]  # GPU: triton vs gsplat (benchmarks/gpu/bench_render_gpu.py)
 
 The scene is benchmarks/common.py's standard random scene (seed 0, SH degree 0, camera at
 z = -3 with f = resolution), rendered in float32; the backward is that of
@@ -126,6 +127,13 @@ def child(config: dict) -> None:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--backend" in argv[:-1] and argv[argv.index("--backend") + 1] == "triton":  # GPU: benchmarks/gpu/
+        i = argv.index("--backend")
+        sys.path.insert(0, str(HERE / "gpu"))
+        import bench_render_gpu
+
+        return bench_render_gpu.main(argv[:i] + argv[i + 2:])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="10k and 100k at 256 px, 3 runs each")
     ap.add_argument("--sizes", nargs="+", default=None, help="Gaussian counts, e.g. 10k 100k 1M")

@@ -3,6 +3,8 @@
 Backends share one signature and are tested against `reference` forward and backward:
 - "reference": pure PyTorch, readable, autograd (render/reference.py) — the oracle.
 - "cpu": compiled Numba kernels with a hand-written backward (render/cpu/).
+- "triton": GPU kernels in Triton, compiled just in time (render/triton/); CUDA tensors, or
+  CPU tensors through Triton's interpreter (TRITON_INTERPRET=1, for tests).
 """
 
 from __future__ import annotations
@@ -24,14 +26,25 @@ def available_backends() -> list[str]:
         pass
     else:
         backends.append("cpu")
+    from .triton import triton_installed  # checks for the package without importing it
+
+    if triton_installed():
+        backends.append("triton")
     return backends
 
 
 def resolve_backend(settings: RenderSettings, device: torch.device) -> str:
+    """The backend `auto` stands for: cpu for CPU tensors, triton for CUDA tensors when
+    Triton is installed, else reference."""
     if settings.backend != "auto":
         return settings.backend
     if device.type == "cpu" and "cpu" in available_backends():
         return "cpu"
+    if device.type == "cuda":
+        from .triton import triton_importable
+
+        if triton_importable():
+            return "triton"
     return "reference"
 
 
@@ -65,4 +78,8 @@ def rasterize(gaussians: Gaussians, camera: Camera, settings: RenderSettings | N
         from .cpu import rasterize_cpu
 
         return rasterize_cpu(gaussians, camera, settings)
+    if backend == "triton":
+        from .triton import rasterize_triton
+
+        return rasterize_triton(gaussians, camera, settings)
     raise ValueError(f"unknown backend {backend!r}")
