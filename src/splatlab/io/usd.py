@@ -1,10 +1,11 @@
 """OpenUSD: Gaussians as a `UsdVol.ParticleField3DGaussianSplat` prim (.usd, .usda, .usdc, .usdz).
 
-The schema (OpenUSD 26.03+; written and tested against usd-core 26.11) is read from usd-core
-itself: attribute names and types from `pxr/pluginfo/usdVol/resources/generatedSchema.usda`, and
-units and layouts from the schema documentation in OpenUSD's `pxr/usd/usdVol/schema.usda`
-(PixarAnimationStudios/OpenUSD @ 26f83736461737422e517059434b571846b67a9c). Mapping from
-splatlab's raw parameters (gaussians.py) to the prim's attributes, all float32:
+The schema (OpenUSD 26.03+; written and tested against usd-core 26.11): attribute names, types and
+applied APIs from usd-core 26.11 itself (`pxr/pluginfo/usdVol/resources/generatedSchema.usda`,
+which carries one-line briefs only), units and layouts from the schema's full documentation in
+OpenUSD's `pxr/usd/usdVol/schema.usda` (PixarAnimationStudios/OpenUSD @ 26f83736461737422e517059434b571846b67a9c),
+quoted below. Mapping from splatlab's raw parameters (gaussians.py) to the prim's attributes, all
+float32:
 
     positions          point3f[]  means, in the prim's local space (ParticleFieldPositionAttributeAPI)
     orientations       quatf[]    quats normalised: "Quaternion orientation for each particle"
@@ -77,6 +78,7 @@ __all__ = [
     "read_usd",
     "read_usd_info",
     "require_usd",
+    "stage_up",
     "write_usd",
 ]
 
