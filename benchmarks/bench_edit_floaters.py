@@ -25,7 +25,6 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
-import torch  # noqa: E402
 
 from splatlab.cli import find_model  # noqa: E402
 from splatlab.edit import EditConfig, edit_gaussians, load_dataset, run_dataset  # noqa: E402

@@ -19,7 +19,6 @@ import subprocess
 import sys
 import textwrap
 import zipfile
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,6 @@ import torch
 
 from splatlab import Camera, RenderSettings, rasterize
 from splatlab.cli import main as cli_main
-from splatlab.gaussians import Gaussians
 from splatlab.io import FORMATS, export_model, read_model
 from splatlab.metrics import psnr
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional, Sequence
 
@@ -32,7 +32,7 @@ import torch
 from .camera import Camera
 from .gaussians import Gaussians
 from .geometry import quat_multiply, quat_to_rotmat, rotation_to_z_up, rotmat_to_quat, up_from_cameras
-from .sh import num_sh_bases, sh_basis
+from .sh import sh_basis
 
 __all__ = [
     "EditConfig",
@@ -247,7 +247,8 @@ def _scene_sphere(means: torch.Tensor, cameras: Optional[Sequence[Camera]]) -> t
         centres = torch.stack([c.position.double().cpu() for c in cameras])
         return centres.mean(0), camera_extent(cameras)
     centre = means.median(dim=0).values
-    radius = torch.quantile((means - centre).norm(dim=1), 0.9).item() if len(means) else 1.0
+    dist = (means - centre).norm(dim=1)  # [N]
+    radius = dist.kthvalue(max(1, math.ceil(0.9 * len(dist)))).values.item() if len(dist) else 1.0  # 90th pct
     return centre, max(radius, 1e-12)
 
 

@@ -117,7 +117,7 @@ def _pxr():
     if not hasattr(UsdVol, "ParticleField3DGaussianSplat"):
         raise RuntimeError(
             "the installed usd-core has no UsdVol.ParticleField3DGaussianSplat schema (OpenUSD 26.03+ "
-            f"has it): pip install -U \"splatlab[usd]\""
+            "has it): pip install -U \"splatlab[usd]\""
         )
     return Gf, Sdf, Usd, UsdGeom, UsdUtils, UsdVol, Vt
 
