@@ -305,9 +305,15 @@ def test_up_axis_from_the_model_orientation(tmp_path):
     m = np.array(UsdGeom.Xformable(prim).ComputeLocalToWorldTransform(Usd.TimeCode.Default()))  # row vectors
     up = np.array([0.3, -1.0, 0.2]) / np.linalg.norm([0.3, -1.0, 0.2])
     np.testing.assert_allclose(up @ m[:3, :3], [0, 0, 1], atol=1e-6)
-    # ...while splatlab reads it back in the frame it was trained in.
+    # ...while splatlab reads it back in the frame it was trained in, knowing where up is,
     torch.testing.assert_close(read_model(path).means, g.means)
+    np.testing.assert_allclose(read_usd_info(path).up, up, atol=1e-9)
     assert check_usd_compliance(path) == []
+    # so that editing the file keeps it upright.
+    assert cli_main(["edit", str(path), "--output", str(tmp_path / "again.usda"), "--min-opacity", "0.01"]) == 0
+    again = Usd.Stage.Open(str(tmp_path / "again.usda"))
+    m2 = np.array(UsdGeom.Xformable(again.GetDefaultPrim()).ComputeLocalToWorldTransform(Usd.TimeCode.Default()))
+    np.testing.assert_allclose(m2, m, atol=1e-9)
 
 
 @needs_usd

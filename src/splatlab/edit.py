@@ -446,13 +446,13 @@ def load_dataset(dataset: RunDataset):
 
 
 def up_of_model_file(path: Path) -> Optional[torch.Tensor]:
-    """What a model file says is up: a USD stage's upAxis; None for formats that do not say."""
+    """What a model file says is up: a USD stage's upAxis (in the frame splatlab reads it in);
+    None for formats that do not say."""
     from .io.usd import USD_FORMATS, read_usd_info
 
     if Path(path).suffix.lower().lstrip(".") not in USD_FORMATS:
         return None
-    axis = read_usd_info(path).up_axis
-    return torch.tensor([0.0, 1.0, 0.0] if axis == "Y" else [0.0, 0.0, 1.0], dtype=torch.float64)
+    return torch.tensor(read_usd_info(path).up, dtype=torch.float64)
 
 
 def save_model(path: Path, gaussians: Gaussians, format: Optional[str] = None,

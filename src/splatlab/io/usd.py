@@ -45,7 +45,8 @@ stay exactly those of the model.
 Reading takes every ParticleField3DGaussianSplat prim (or ParticleField with the Gaussian-ellipsoid
 kernel) on the stage, applies its local-to-world transform (rotation, uniform scale, mirror and
 translation; the SH bands are rotated too), except splatlab's own upright op, so that a model
-reads back in the frame it was trained in, and concatenates them. The schema lets a reader
+reads back in the frame it was trained in (read_usd_info says where up is in that frame), and
+concatenates them. The schema lets a reader
 truncate over-long arrays and ignore short ones; splatlab refuses any length mismatch instead,
 naming the prim and the attribute, because silently dropping data hides a broken export.
 Attributes the schema gives fallbacks for (orientations, scales, opacities, SH) take them when
@@ -101,6 +102,7 @@ class UsdStageInfo:
     up_axis: str  # "Y" or "Z"
     meters_per_unit: float
     splat_prims: tuple[str, ...]  # paths of the splat prims read
+    up: tuple[float, float, float]  # the up direction in the frame read_usd returns (undoes splatlab's upright op)
 
 
 def require_usd() -> None:
@@ -410,8 +412,26 @@ def read_usd_info(path: str | os.PathLike) -> UsdStageInfo:
     path = Path(os.fspath(path))
     stage = _open_stage(path)
     prims = _splat_prims(stage, str(path))
-    return UsdStageInfo(str(UsdGeom.GetStageUpAxis(stage)), float(UsdGeom.GetStageMetersPerUnit(stage)),
-                        tuple(str(p.GetPath()) for p in prims))
+    axis = str(UsdGeom.GetStageUpAxis(stage))
+    up = torch.tensor([0.0, 1.0, 0.0] if axis == "Y" else [0.0, 0.0, 1.0], dtype=torch.float64)
+    upright = _upright_rotation(prims[0])
+    if upright is not None:  # the op turned the model's up onto the axis; read_usd leaves it out
+        up = upright.T @ up
+    return UsdStageInfo(axis, float(UsdGeom.GetStageMetersPerUnit(stage)), tuple(str(p.GetPath()) for p in prims),
+                        tuple(up.tolist()))
+
+
+def _upright_rotation(prim) -> Optional[torch.Tensor]:
+    """[3, 3] rotation of splatlab's upright op on `prim` (column vectors), or None."""
+    Gf, Sdf, Usd, UsdGeom, *_ = _pxr()
+    for op in UsdGeom.Xformable(prim).GetOrderedXformOps():
+        if op.GetOpType() == UsdGeom.XformOp.TypeOrient and op.GetName().endswith(":" + UPRIGHT_OP_SUFFIX):
+            q = op.Get(Usd.TimeCode.EarliestTime())
+            from ..geometry import quat_to_rotmat
+
+            wxyz = torch.tensor([q.GetReal(), *q.GetImaginary()], dtype=torch.float64)
+            return quat_to_rotmat(wxyz[None])[0]
+    return None
 
 
 def read_usd(path: str | os.PathLike) -> Gaussians:
