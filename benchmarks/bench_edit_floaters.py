@@ -10,7 +10,7 @@ it was trained with). The test views are rendered exactly as the trainer evaluat
 (metrics.evaluate_views, the dataset's background or black, every SH band the model has), before
 and after `splatlab edit --floaters density|visibility` (splatlab.edit.edit_gaussians with the
 training cameras), and a table gives the Gaussians removed and the mean PSNR / SSIM before and
-after. Issue 16's bar: floater removal must not lower the held-out PSNR by more than 0.1 dB.
+after (and, for datasets with masks, the mean PSNR over the masked-in pixels only). Issue 16's bar: floater removal must not lower the held-out PSNR by more than 0.1 dB.
 """
 
 from __future__ import annotations
@@ -29,13 +29,21 @@ sys.path.insert(0, str(HERE.parent / "src"))
 from splatlab.cli import find_model  # noqa: E402
 from splatlab.edit import EditConfig, edit_gaussians, load_dataset, run_dataset  # noqa: E402
 from splatlab.io import read_model  # noqa: E402
-from splatlab.metrics import evaluate_views  # noqa: E402
+from splatlab.metrics import evaluate_views, psnr  # noqa: E402
 from splatlab.render import RenderSettings  # noqa: E402
 
 
-def _evaluate(gaussians, scene, settings) -> tuple[float, float]:
-    result = evaluate_views(gaussians, scene.test, settings)
-    return result["psnr"], result["ssim"]
+def _evaluate(gaussians, scene, settings) -> tuple[float, float, float | None]:
+    """Mean test PSNR and SSIM as the trainer reports them, and the mean PSNR inside the masks."""
+    masked = []
+
+    def inside_mask(i, view, image):
+        if view.mask is not None and view.mask.any():
+            m = view.mask.bool()
+            masked.append(psnr(image[m], view.image_float()[m]))
+
+    result = evaluate_views(gaussians, scene.test, settings, on_image=inside_mask)
+    return result["psnr"], result["ssim"], (sum(masked) / len(masked) if masked else None)
 
 
 def _configs(args) -> list[tuple[str, EditConfig]]:
@@ -75,25 +83,29 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model {model_file}: {len(gaussians):,} Gaussians, SH degree {gaussians.sh_degree}; dataset "
           f"{dataset.path} (downscale {dataset.downscale}): {len(scene.train)} train / {len(scene.test)} test views; "
           f"trained {config.get('iterations')} iterations")
-    base_psnr, base_ssim = _evaluate(gaussians, scene, settings)
+    base_psnr, base_ssim, base_masked = _evaluate(gaussians, scene, settings)
     rows = []
     for name, cfg in _configs(args):
         t0 = time.perf_counter()
         result = edit_gaussians(gaussians, cfg, cameras=cameras)
         seconds = time.perf_counter() - t0
-        psnr, ssim = _evaluate(result.gaussians, scene, settings)
+        after_psnr, after_ssim, after_masked = _evaluate(result.gaussians, scene, settings)
         removed = len(gaussians) - len(result.gaussians)
         rows.append({"method": name, "gaussians": len(gaussians), "removed": removed,
-                     "psnr_before": base_psnr, "psnr_after": psnr, "ssim_before": base_ssim, "ssim_after": ssim,
+                     "psnr_before": base_psnr, "psnr_after": after_psnr, "ssim_before": base_ssim,
+                     "ssim_after": after_ssim, "masked_psnr_before": base_masked, "masked_psnr_after": after_masked,
                      "edit_seconds": seconds, "summary": result.summary.line()})
     print()
-    print("| method | Gaussians removed | test PSNR before | after | change | SSIM before | after |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    has_masks = base_masked is not None
+    print("| method | Gaussians removed | test PSNR before | after | change | SSIM before | after |"
+          + (" PSNR in masks before | after |" if has_masks else ""))
+    print("|---|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if has_masks else ""))
     for r in rows:
         pct = 100.0 * r["removed"] / max(r["gaussians"], 1)
         print(f"| {r['method']} | {r['removed']:,} of {r['gaussians']:,} ({pct:.1f}%) | {r['psnr_before']:.3f} | "
               f"{r['psnr_after']:.3f} | {r['psnr_after'] - r['psnr_before']:+.3f} dB | {r['ssim_before']:.4f} | "
-              f"{r['ssim_after']:.4f} |")
+              f"{r['ssim_after']:.4f} |"
+              + (f" {r['masked_psnr_before']:.3f} | {r['masked_psnr_after']:.3f} |" if has_masks else ""))
     if args.json:
         args.json.write_text(json.dumps({"run": str(run), "model": str(model_file), "rows": rows}, indent=2))
     return 0
