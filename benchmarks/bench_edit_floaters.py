@@ -2,7 +2,7 @@
 
     python benchmarks/bench_edit_floaters.py RUN                    # density and visibility, default settings
     python benchmarks/bench_edit_floaters.py RUN --json out.json    # also write the rows as JSON
-    python benchmarks/bench_edit_floaters.py RUN --std-ratios 2 3 --min-views 2 3 5
+    python benchmarks/bench_edit_floaters.py RUN --reaches 1 2 --min-views 2 3 5
 
 RUN is a `splatlab train` output folder: its latest point_cloud/iteration_*/point_cloud.ply is
 the model, and its config.json names the dataset (with the downscale, test split and SH degree
@@ -48,9 +48,11 @@ def _evaluate(gaussians, scene, settings) -> tuple[float, float, float | None]:
 
 def _configs(args) -> list[tuple[str, EditConfig]]:
     configs = []
-    for ratio in args.std_ratios:
-        configs.append((f"density (k={args.neighbours}, std ratio {ratio:g})",
-                        EditConfig(floaters="density", floater_neighbours=args.neighbours, floater_std_ratio=ratio)))
+    for reach in args.reaches:
+        for fraction in args.cluster_fractions:
+            configs.append((f"density (k={args.neighbours}, reach {reach:g}, clusters < {100 * fraction:g}%)",
+                            EditConfig(floaters="density", floater_neighbours=args.neighbours, floater_reach=reach,
+                                       floater_cluster_fraction=fraction)))
     for views in args.min_views:
         configs.append((f"visibility (seen by >= {views} cameras)",
                         EditConfig(floaters="visibility", floater_min_views=views)))
@@ -62,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run", type=Path, help="a `splatlab train` output folder")
     parser.add_argument("--data", type=Path, default=None, help="the dataset (default: from config.json)")
     parser.add_argument("--neighbours", type=int, default=EditConfig.floater_neighbours)
-    parser.add_argument("--std-ratios", type=float, nargs="+", default=[EditConfig.floater_std_ratio])
+    parser.add_argument("--reaches", type=float, nargs="+", default=[EditConfig.floater_reach])
+    parser.add_argument("--cluster-fractions", type=float, nargs="+", default=[EditConfig.floater_cluster_fraction])
     parser.add_argument("--min-views", type=int, nargs="+", default=[EditConfig.floater_min_views])
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args(argv)

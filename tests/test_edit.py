@@ -133,14 +133,22 @@ def test_opacity_size_and_distance_rules_remove_what_they_say_and_count_each_onc
     assert torch.equal(result.kept, ~(faint | big | far))
 
 
-def test_density_floaters_are_the_isolated_gaussians():
-    cluster = make_gaussians(torch.rand(3000, 3, generator=torch.Generator().manual_seed(0)), dtype=torch.float32)
-    lonely = make_gaussians(torch.tensor([[4.0, 4, 4], [-3.0, 5, 1], [6.0, -2, -3]]), dtype=torch.float32)
-    g = Gaussians.cat([cluster, lonely])
+def test_density_floaters_are_small_detached_clusters_not_big_sparse_gaussians():
+    gen = torch.Generator().manual_seed(0)
+    body = make_gaussians(torch.rand(3000, 3, generator=gen), log_scale=-2.5, dtype=torch.float32)
+    # Big, sparse Gaussians around the body (a background): far apart, but they touch each other.
+    ring = torch.stack([torch.tensor([2 * math.cos(a), 2 * math.sin(a), 0.5]) for a in torch.linspace(0, 6.2, 40)])
+    background = make_gaussians(ring, log_scale=math.log(0.3), dtype=torch.float32)
+    lonely = make_gaussians(torch.tensor([[4.0, 4, 4], [-3.0, 5, 1]]), log_scale=-3.0, dtype=torch.float32)
+    clump = make_gaussians(torch.rand(20, 3, generator=gen) * 0.1 + torch.tensor([0.5, 0.5, 3.0]),
+                           log_scale=-3.0, dtype=torch.float32)  # dense inside, detached from the body
+    bridge = make_gaussians(torch.tensor([[1.55, 0.5, 0.5], [1.2, 0.9, 0.5]]), log_scale=math.log(0.3),
+                            dtype=torch.float32)  # ties the background to the body
+    g = Gaussians.cat([body, background, bridge, lonely, clump])
     result = edit_gaussians(g, EditConfig(floaters="density"))
-    assert not result.kept[-3:].any()  # all three removed
-    assert result.kept[:3000].float().mean() > 0.99  # the cluster kept (a few edge points may go)
-    assert "floaters (density)" in result.summary.line()
+    assert result.kept[:3042].all()  # body, background and bridge stay
+    assert not result.kept[3042:].any()  # the two lonely ones and the 20-Gaussian clump go
+    assert "22 floaters (detached clusters)" in result.summary.line()
 
 
 def test_visibility_floaters_need_cameras_and_are_what_few_cameras_see():

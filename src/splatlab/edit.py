@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional, Sequence
 
+import numpy as np
 import torch
 
 from .camera import Camera
@@ -67,13 +68,17 @@ class EditConfig:
     and radius: the training cameras' mean and 1.1x their largest distance from it (3DGS's
     extent); without cameras, the median centre and the 90th-percentile distance of the Gaussians."""
     floaters: Literal["none", "density", "visibility"] = "none"
-    """density: statistical outlier removal on the centres (mean distance to the k nearest
-    neighbours above mean + std_ratio * std, as PCL's StatisticalOutlierRemoval); visibility:
-    remove Gaussians whose centre fewer than `floater_min_views` training cameras see."""
+    """density: remove small clusters detached from the rest (Gaussians linked to those of their
+    k nearest neighbours they touch, see `floater_reach`; clusters holding less than
+    `floater_cluster_fraction` of the model go); visibility: remove Gaussians whose centre fewer
+    than `floater_min_views` training cameras see."""
     floater_neighbours: int = 16
-    """density: k nearest neighbours."""
-    floater_std_ratio: float = 3.0
-    """density: threshold in standard deviations above the mean neighbour distance."""
+    """density: k nearest neighbours a Gaussian may be linked to."""
+    floater_reach: float = 1.0
+    """density: two Gaussians touch when their centres are closer than this times the sum of
+    their largest standard deviations (1: their one-sigma spheres meet)."""
+    floater_cluster_fraction: float = 0.01
+    """density: clusters smaller than this fraction of all Gaussians are floaters."""
     floater_min_views: int = 2
     """visibility: training cameras that must see a Gaussian's centre (in front, inside the image)."""
     sh_degree: Optional[int] = None
@@ -100,7 +105,9 @@ class EditConfig:
             raise ValueError(f"crop sphere must be CX CY CZ RADIUS with RADIUS > 0, got {self.crop_sphere}")
         if self.min_opacity is not None and not 0.0 <= self.min_opacity <= 1.0:
             raise ValueError(f"min opacity must be in [0, 1], got {self.min_opacity}")
-        for name in ("max_scale", "max_distance", "floater_std_ratio"):
+        if not 0.0 < self.floater_cluster_fraction < 1.0:
+            raise ValueError(f"floater cluster fraction must be in (0, 1), got {self.floater_cluster_fraction}")
+        for name in ("max_scale", "max_distance", "floater_reach"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name.replace('_', ' ')} must be a positive number, got {value}")
@@ -287,17 +294,32 @@ def _crop_rules(means: torch.Tensor, cfg: EditConfig, up) -> list[tuple[str, tor
     return rules
 
 
-def _floaters_by_density(means: torch.Tensor, k: int, std_ratio: float) -> torch.Tensor:
-    """[N] bool: statistical outliers (PCL StatisticalOutlierRemoval, Rusu et al. 2008)."""
+def _floaters_by_density(means: torch.Tensor, sigmas: torch.Tensor, cfg: EditConfig) -> torch.Tensor:
+    """[N] bool: Gaussians in small clusters detached from the rest of the model.
+
+    A graph links each Gaussian to those of its k nearest neighbours it touches (centre distance
+    <= reach * (sigma_i + sigma_j), sigma the largest standard deviation); its connected
+    components are the clusters. Measured on a trained capture, this keeps the large, sparse
+    background Gaussians that a plain statistical outlier test on centre distances removes
+    (see docs/edit_and_usd.md), and it catches clumps of floaters, which such a test does not.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
     from scipy.spatial import cKDTree
 
     n = len(means)
-    if n <= k:
+    k = min(cfg.floater_neighbours, n - 1)
+    if k < 1:
         return torch.zeros(n, dtype=torch.bool)
-    pts = means.numpy()
-    dists, _ = cKDTree(pts).query(pts, k=k + 1)  # first column: the point itself
-    mean_d = torch.from_numpy(dists[:, 1:].mean(axis=1))  # [N]
-    return mean_d > mean_d.mean() + std_ratio * mean_d.std()
+    pts, sig = means.numpy(), sigmas.numpy()
+    dists, idx = cKDTree(pts).query(pts, k=k + 1)  # [N, k+1]; column 0 is the point itself
+    touch = dists[:, 1:] <= cfg.floater_reach * (sig[:, None] + sig[idx[:, 1:]])  # [N, k]
+    rows = np.repeat(np.arange(n), k)[touch.ravel()]
+    cols = idx[:, 1:].ravel()[touch.ravel()]
+    graph = coo_matrix((np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(n, n))
+    _, label = connected_components(graph, directed=False)
+    size = np.bincount(label)[label]  # [N] size of each Gaussian's cluster
+    return torch.from_numpy(size < cfg.floater_cluster_fraction * n)
 
 
 def _views_seeing(means: torch.Tensor, cameras: Sequence[Camera]) -> torch.Tensor:
@@ -326,7 +348,8 @@ def _removal_rules(g: Gaussians, cfg: EditConfig, cameras, up) -> list[tuple[str
         far = (means - centre).norm(dim=1) > cfg.max_distance * radius
         rules.append((f"farther than {cfg.max_distance:g} scene radii ({cfg.max_distance * radius:.4g})", far))
     if cfg.floaters == "density":
-        rules.append(("floaters (density)", _floaters_by_density(means, cfg.floater_neighbours, cfg.floater_std_ratio)))
+        sigmas = g.log_scales.detach().double().cpu().max(dim=1).values.exp()  # [N]
+        rules.append(("floaters (detached clusters)", _floaters_by_density(means, sigmas, cfg)))
     elif cfg.floaters == "visibility":
         if not cameras:
             raise ValueError("floater removal by visibility needs the training cameras: edit a training run "
