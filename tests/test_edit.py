@@ -267,6 +267,10 @@ def test_bad_arguments_exit_2_and_existing_outputs_need_force(tmp_path, capsys):
     model = write_ply(tmp_path / "m.ply", _cube(20))
     assert cli_main(["edit", str(model), "--output", str(tmp_path / "o.ply"), "--min-opacity", "1.5"]) == 2
     assert cli_main(["edit", str(model), "--output", str(tmp_path / "o.txt")]) == 2
+    assert cli_main(["edit", str(model), "--output", str(tmp_path / "o.ply"), "--format", "obj"]) == 2
+    assert "unknown format 'obj'" in capsys.readouterr().err
+    assert cli_main(["edit", str(model), "--output", str(tmp_path / "o.bin"), "--format", "glb"]) == 0
+    assert (tmp_path / "o.bin").read_bytes()[:4] == b"glTF"
     assert cli_main(["edit", str(model), "--output", str(tmp_path / "m.ply")]) == 1
     assert "already exists" in capsys.readouterr().err
     assert cli_main(["edit", str(model), "--output", str(tmp_path / "m.ply"), "--force", "--sh-degree", "0"]) == 0

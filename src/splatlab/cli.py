@@ -317,8 +317,8 @@ class Edit:
     output: Path
     """The edited model (format from the suffix unless --format is given)."""
     edit: Annotated[_edit_config(), tyro.conf.OmitArgPrefixes] = field(default_factory=lambda: _edit_config()())
-    format: Optional[Literal["ply", "splat", "gltf", "glb", "usd", "usda", "usdc", "usdz"]] = None
-    """Output format (default: from the output's suffix)."""
+    format: Optional[str] = None
+    """Output format, any name in splatlab.io.FORMATS (default: from the output's suffix)."""
     data: Optional[Path] = None
     """Dataset whose training cameras give the up direction and the visibility test (default:
     the one a training run was trained on)."""
@@ -327,11 +327,13 @@ class Edit:
 
     def run(self) -> int:
         from .edit import edit_gaussians, model_up, save_model
-        from .io import format_from_suffix
+        from .io import FORMATS, format_from_suffix
 
         try:
             self.edit.validate()
-            fmt = self.format or format_from_suffix(self.output)
+            fmt = (self.format or format_from_suffix(self.output)).lower()
+            if fmt not in FORMATS:
+                raise ValueError(f"unknown format {self.format!r}; expected one of {', '.join(FORMATS)}")
         except ValueError as exc:  # a bad argument, not a failure
             print(f"error: {exc}", file=sys.stderr)
             return 2
