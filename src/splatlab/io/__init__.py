@@ -3,6 +3,7 @@
     write_ply / read_ply        Inria 3DGS layout, raw parameters, float32 bit-exact round trip
     write_splat / read_splat    32-byte records of the common web viewers (DC colour only, quantised)
     write_gltf / read_gltf      glTF 2.0 + KHR_gaussian_splatting (.glb, or .gltf + .bin)
+    write_usd / read_usd        OpenUSD ParticleField3DGaussianSplat (.usd/.usda/.usdc/.usdz; usd-core)
     FORMATS                     the registry of formats: export_model / read_model dispatch on it
     atomic_write                context manager yielding an open FILE OBJECT whose content replaces
                                 the target on a clean exit (temp file in the same directory, fsync,
@@ -24,6 +25,7 @@ from .images import save_png, to_uint8
 from .gltf import GltfFormatError, read_gltf, write_gltf
 from .ply import PlyFormatError, read_ply, write_ply
 from .splat import SplatData, SplatFormatError, read_splat, write_splat
+from .usd import UsdFormatError, read_usd, write_usd  # pxr itself is imported only when used
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -34,6 +36,7 @@ __all__ = [
     "PlyFormatError",
     "SplatData",
     "SplatFormatError",
+    "UsdFormatError",
     "atomic_write",
     "atomic_write_path",
     "export_model",
@@ -41,11 +44,13 @@ __all__ = [
     "read_gltf",
     "read_ply",
     "read_splat",
+    "read_usd",
     "save_png",
     "to_uint8",
     "write_gltf",
     "write_ply",
     "write_splat",
+    "write_usd",
 ]
 
 
@@ -75,6 +80,10 @@ FORMATS: dict[str, ModelFormat] = {
                     "glTF 2.0 + KHR_gaussian_splatting, .gltf + .bin"),
         ModelFormat("glb", (".glb",), lambda p, g: write_gltf(p, g, binary=True), read_gltf,
                     "glTF 2.0 + KHR_gaussian_splatting, one binary file"),
+        *(ModelFormat(name, (f".{name}",), lambda p, g, name=name: write_usd(p, g, format=name), read_usd,
+                      f"OpenUSD UsdVol.ParticleField3DGaussianSplat, {kind} (needs splatlab[usd])")
+          for name, kind in (("usd", "binary crate"), ("usda", "text"), ("usdc", "binary crate"),
+                             ("usdz", "zip package"))),
     )
 }
 EXPORT_FORMATS = tuple(FORMATS)
