@@ -227,6 +227,19 @@ def test_colmap_text_pinhole(tmp_path):
     assert load_scene(tmp_path, test_every=0, verbose=False).test == []
 
 
+def test_masks_that_match_no_image_are_named_and_wrong_sizes_refused(tmp_path):
+    write_colmap_text(tmp_path, with_masks=True)
+    (tmp_path / "masks" / "img_01.png").rename(tmp_path / "masks" / "IMG_01.png")  # a typo in a name
+    with pytest.warns(DatasetWarning, match=r"no mask for 1 images \(img_01.png\).*match no image: IMG_01.png"):
+        scene = load_scene(tmp_path, test_every=0, verbose=False)
+    assert [v.name for v in scene.train if v.mask is None] == ["img_01.png"]
+    # Each view records the SfM points it observed (sparse depth for training).
+    assert all(v.point_ids is not None and len(v.point_ids) > 0 for v in scene.train)
+    write_image(tmp_path / "masks" / "img_02.png", np.zeros((10, 10), np.uint8))
+    with pytest.raises(DatasetError, match="img_02.png: mask is 10x10"):
+        load_scene(tmp_path, test_every=0, verbose=False)
+
+
 def test_colmap_binary_and_downscale(tmp_path):
     write_colmap_text(tmp_path / "txt")
     recon = pycolmap.Reconstruction(str(tmp_path / "txt" / "sparse" / "0"))

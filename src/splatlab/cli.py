@@ -153,6 +153,8 @@ class Train:
                 cfg = replace(TrainConfig.from_dict(saved), output=cfg.output, progress=cfg.progress)
         if cfg.data.path is None:
             raise ConfigError("missing DATA: splatlab train PATH/TO/DATASET (see splatlab train --help)")
+        # Absolute, so that render / eval / view find the dataset from any working directory.
+        cfg = replace(cfg, data=replace(cfg.data, path=cfg.data.path.expanduser().resolve()))
         cfg.validate()
         return cfg
 

@@ -231,6 +231,20 @@ def _find_mask(masks_dir: Path | None, name: str) -> Path | None:
     return None
 
 
+def _warn_unmatched_masks(masks_dir: Path, images_without: list[str], used: set[Path]) -> None:
+    """One warning naming the images without a mask and the mask files that match no image."""
+    unused = sorted(p.relative_to(masks_dir).as_posix() for p in masks_dir.rglob("*")
+                    if p.is_file() and p not in used)
+
+    def listed(names):
+        return ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+
+    text = f"{masks_dir}: no mask for {len(images_without)} images ({listed(images_without)}); those views have none"
+    if unused:
+        text += f". Mask files that match no image: {listed(unused)} (a mask for a/b.jpg is a/b.jpg, a/b.jpg.png or a/b.png)"
+    warn(text)
+
+
 def _viewmat(image) -> torch.Tensor:
     cam_from_world = image.cam_from_world()
     mat = np.eye(4)
@@ -310,7 +324,7 @@ def load_colmap(
         any_distorted |= distorted
         jobs.append((im, path, cam, mask_path, distorted))
     if masks_missing:
-        warn(f"{masks_dir}: no mask for {len(masks_missing)} images (e.g. {masks_missing[0]}); those views have none")
+        _warn_unmatched_masks(masks_dir, masks_missing, {j[3] for j in jobs if j[3] is not None})
 
     cache = None
     if any_distorted:
