@@ -40,13 +40,14 @@ def test_masked_loss_ignores_pixels_outside_the_mask():
     mask[:, :8] = 1
     with torch.no_grad():
         image[:, 8:] = 1 - target[:, 8:]  # wrong only where the mask is 0
-    loss, mse = masked_loss(image, target, mask, 0.2)
-    assert loss.item() == pytest.approx(0.0, abs=1e-6) and mse.item() == pytest.approx(0.0, abs=1e-12)
+    loss, share, mse = masked_loss(image, target, mask, 0.2)
+    assert share == pytest.approx(0.5) and loss.item() == pytest.approx(0.0, abs=1e-6)
+    assert mse.item() == pytest.approx(0.0, abs=1e-12)
     loss.backward()
     assert image.grad[:, 8:].abs().max() == 0
     # ... and the PSNR over the mask agrees with the metric used at evaluation.
     noisy = (target + 0.05 * torch.randn_like(target)).clamp(0, 1)
-    _, mse = masked_loss(noisy, target, mask, 0.2)
+    _, _, mse = masked_loss(noisy, target, mask, 0.2)
     assert -10 * math.log10(mse.item()) == pytest.approx(psnr_masked(noisy, target, mask[..., 0].bool()), abs=1e-4)
 
 

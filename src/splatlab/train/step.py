@@ -81,7 +81,7 @@ class LossSettings:
 
 @dataclass
 class StepResult:
-    loss: torch.Tensor  # [] detached, mean over the batch
+    loss: torch.Tensor  # [] detached photometric loss over the counted pixels, mean over the batch
     mse: torch.Tensor  # [] detached, over the counted pixels of the batch (PSNR = -10 log10 mse)
     messages: list[str]  # what densification did
 
@@ -95,20 +95,22 @@ Reduce = Callable[[TrainState], None]  # makes gradients (and statistics) agree 
 
 
 def masked_loss(image: torch.Tensor, target: torch.Tensor, mask: Optional[torch.Tensor], ssim_lambda: float):
-    """(loss, mse) of a render against its target over the pixels where mask = 1.
+    """(loss, share, mse) of a render against its target over the pixels where mask = 1.
 
     Masked-out pixels are replaced by the target's own values, so they add no error and no
-    gradient; the means are then rescaled from all pixels to the counted ones. L1 and PSNR
-    are exact over the counted pixels; SSIM windows at the mask edge see target pixels.
+    gradient. `loss` keeps the per-pixel weight of an unmasked image (1 / all pixels), so that
+    the screen-space gradients densification reads mean the same with and without masks;
+    `loss / share` is its mean over the counted pixels (what the progress bar shows), and
+    `mse` is over the counted pixels too (PSNR). SSIM windows at the mask edge see target pixels.
     """
     if mask is None:
         loss = photometric_loss(image, target, ssim_lambda)
-        return loss, torch.mean((image.detach().clamp(0, 1) - target) ** 2)
+        return loss, 1.0, torch.mean((image.detach().clamp(0, 1) - target) ** 2)
     image = image * mask + target * (1 - mask)
     share = mask.mean().clamp_min(1.0 / mask.numel())  # fraction of pixels that count
-    loss = photometric_loss(image, target, ssim_lambda) / share
+    loss = photometric_loss(image, target, ssim_lambda)
     mse = torch.mean((image.detach().clamp(0, 1) - target) ** 2) / share
-    return loss, mse
+    return loss, share, mse
 
 
 def depth_loss(out: RenderOutput, view: StepView, scale: float) -> Optional[torch.Tensor]:
@@ -147,13 +149,14 @@ def train_step(
         for group in opt.param_groups:
             if group.get("name") == "means":
                 group["lr"] = plan.means_lr
-    outs, view_losses, mses = [], [], []
+    outs, view_losses, shown, mses = [], [], [], []
     for view in views:
         view = downsampled(view, plan.divisor)
         out = render_view(state, view, settings, plan)
         strategy.step_pre_backward(state.params, state.optimizers, state.strategy_state, plan.iteration, out)
         image = out.image if exposure is None else exposure.apply(out.image, view.index)  # [H, W, 3]
-        loss, mse = masked_loss(image, view.target, view.mask, losses.ssim_lambda)
+        loss, share, mse = masked_loss(image, view.target, view.mask, losses.ssim_lambda)
+        shown.append(loss.detach() / share)
         if out.depth is not None:
             term = depth_loss(out, view, losses.depth_scale)
             loss = loss if term is None else loss + plan.depth_weight * term
@@ -161,6 +164,7 @@ def train_step(
         view_losses.append(loss)
         mses.append(mse)
     loss = torch.stack(view_losses).mean()
+    photometric_shown = torch.stack(shown).mean()
     extra = strategy.loss(state.params, state.strategy_state, plan.iteration)
     total = loss if extra is None else loss + extra
     total.backward()
@@ -176,4 +180,4 @@ def train_step(
     )
     for opt in state.optimizers.values():
         opt.zero_grad(set_to_none=True)
-    return StepResult(total.detach(), torch.stack(mses).mean(), list(messages or []))
+    return StepResult(photometric_shown, torch.stack(mses).mean(), list(messages or []))
