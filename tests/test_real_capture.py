@@ -154,3 +154,15 @@ def test_coarse_to_fine_views_are_exact_downscales():
     # The same world point lands on the corresponding pixel.
     p = torch.tensor([[0.3, 0.2, 0.1]], dtype=torch.float64)
     assert torch.allclose(small.camera.project(p)[:, :2] * 4, camera.project(p)[:, :2], atol=1e-9)
+
+
+def test_exposure_leaves_empty_pixels_at_the_background():
+    exposure = Exposure(1, torch.device("cpu"))
+    with torch.no_grad():
+        exposure.matrices[0] = torch.tensor([[0.5, 0.0, 0.0, 0.1], [0.0, 0.5, 0.0, 0.1], [0.0, 0.0, 0.5, 0.1]])
+    colour = torch.full((2, 2, 3), 0.6)
+    alpha = torch.tensor([[1.0, 0.0], [0.5, 0.0]])[..., None]
+    bg = (0.2, 0.3, 0.4)
+    image = colour * alpha + (1 - alpha) * torch.tensor(bg)
+    out = exposure.apply(image, 0, alpha, bg)
+    assert torch.allclose(out[0, 1], torch.tensor(bg)) and torch.allclose(out[0, 0], torch.full((3,), 0.4))

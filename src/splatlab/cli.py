@@ -166,7 +166,7 @@ def load_training_scene(cfg: TrainConfig):
     data = cfg.data
     scene = load_scene(data.path, downscale=data.downscale or 1, test_every=data.test_every,
                        eval_split=data.eval_split, device=cfg.device if data.images_on_device else None)
-    if not data.masks:
+    if data.masks == "off":
         for view in scene.train + scene.test:
             view.mask = None
     return scene
@@ -283,6 +283,7 @@ class Eval:
     """Downscale factor of the images (default: the training run's, else 1)."""
     masks: Optional[bool] = None
     """Measure over the dataset's masked pixels (default: as the training run did, else yes)."""
+
     split: str = "test"
     """Blender: which transforms_<split>.json (falls back to val)."""
     background: Optional[tuple[float, float, float]] = None
@@ -302,7 +303,7 @@ class Eval:
             raise CLIError("no dataset: pass DATA (splatlab eval MODEL DATA)")
         saved = _config_of_run(run)
         downscale = self.downscale or (saved.data.downscale if saved else None) or 1
-        masks = self.masks if self.masks is not None else (saved.data.masks if saved else True)
+        masks = self.masks if self.masks is not None else (saved.data.masks != "off" if saved else True)
         scene = load_scene(data, downscale=downscale, eval_split=self.split, verbose=False)
         if not masks:
             for view in scene.test:

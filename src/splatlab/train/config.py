@@ -18,7 +18,7 @@ import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Optional, Union
+from typing import Annotated, Literal, Optional, Union
 
 import tyro
 
@@ -26,6 +26,9 @@ from ..render.settings import RenderSettings
 from .exposure import ExposureConfig
 from .init import InitRegion
 from .strategy import DefaultStrategyConfig, MCMCStrategyConfig
+
+
+MaskMode = Literal["auto", "object", "ignore", "off"]
 
 
 class ConfigError(ValueError):
@@ -41,9 +44,12 @@ class DataConfig:
     downscale: Optional[int] = None
     """Downscale images by 1, 2, 4 or 8 (uses images_N/ folders when present). None = chosen
     from the image size, the device and the budget (train/auto.py), and logged."""
-    masks: bool = True
-    """Use the dataset's masks (masks/): train and evaluate on the masked pixels only.
-    --no-masks uses every pixel (e.g. to learn the sky around a masked object)."""
+    masks: MaskMode = "auto"
+    """What the dataset's masks (masks/) mean. "object": white is the subject; outside it the
+    render is trained to be empty (over a random background, as 3DGS trains RGBA images).
+    "ignore": black pixels are not trained (people, reflections). Either way the progress PSNR
+    and the evaluation count the white pixels. "off": masks are not used, every pixel counts.
+    "auto": "object" when the masks cover less than half of the images, else "ignore"."""
     test_every: int = 8
     """COLMAP/photos: every N-th image (sorted by name) is held out for testing; 0 = none."""
     eval_split: str = "test"

@@ -44,10 +44,19 @@ class Exposure:
         self.matrices = torch.nn.Parameter(eye.repeat(num_views, 1, 1))  # [V, 3, 4]
         self.optimizer = torch.optim.Adam([self.matrices], lr=1e-2, eps=1e-15)
 
-    def apply(self, image: torch.Tensor, index: int) -> torch.Tensor:
-        """image [H, W, 3] -> the image as training view `index` was exposed."""
+    def apply(self, image: torch.Tensor, index: int, alpha: torch.Tensor | None = None,
+              background: tuple[float, float, float] | None = None) -> torch.Tensor:
+        """image [H, W, 3] -> the image as training view `index` was exposed.
+
+        With `alpha` [H, W, 1] and the `background` the render was composited over, only the
+        Gaussians' colour is transformed: (image - T bg) E + alpha b + T bg, so that an empty
+        pixel keeps its background colour (object masks train against a random background)."""
         e = self.matrices[index]  # [3, 4]
-        return image @ e[:, :3] + e[:, 3]
+        if alpha is None:
+            return image @ e[:, :3] + e[:, 3]
+        bg = torch.as_tensor(background, dtype=image.dtype, device=image.device)
+        behind = (1 - alpha) * bg  # [H, W, 3]
+        return (image - behind) @ e[:, :3] + alpha * e[:, 3] + behind
 
     def step(self, progress: float, config: ExposureConfig) -> None:
         self.optimizer.param_groups[0]["lr"] = exp_decay(config.lr, config.lr_final, progress)

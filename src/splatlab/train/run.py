@@ -60,6 +60,18 @@ def make_strategy(config) -> Strategy:
     return DefaultStrategy(config) if isinstance(config, DefaultStrategyConfig) else MCMCStrategy(config)
 
 
+def resolve_mask_mode(scene: Scene, mode: str) -> str:
+    """"off" without masks; "auto" is "object" when the masks cover less than half the pixels
+    (a subject cut out of its surroundings), else "ignore" (a few regions left out)."""
+    masked = [v for v in scene.train if v.mask is not None]
+    if mode == "off" or not masked:
+        return "off"
+    if mode != "auto":
+        return mode
+    cover = sum(float(v.mask.float().mean()) for v in masked) / len(masked)
+    return "object" if cover < 0.5 else "ignore"
+
+
 def same_run(a: TrainConfig, b: TrainConfig) -> bool:
     """Whether two configs train the same model (the output path and progress bar aside)."""
     strip = dict(output=None, progress=True)
@@ -114,6 +126,7 @@ class Run:
         self.background = tuple(scene.background or config.render.background)
         self.events = EventBus()
         self.strategy = make_strategy(config.strategy)
+        self.mask_mode = resolve_mask_mode(scene, config.data.masks)
         self.losses = LossSettings(config.ssim_lambda, config.exposure if self.uses_exposure else None, scene.extent)
         self.state: Optional[TrainState] = None
         self.budget: Optional[TimeBudget] = None
@@ -185,10 +198,8 @@ class Run:
                                        len(scene.train), cfg.seed, self.device)
         self._add_extras()
         self.elapsed = time.perf_counter() - started  # placing the Gaussians is part of the run
-        masked = sum(v.mask is not None for v in scene.train)
-        if masked:
-            self._say(f"{masked} of {len(scene.train)} training views have masks: the loss, the progress "
-                      "PSNR and the evaluation count the masked pixels only (--no-masks to use every pixel)")
+        if self.mask_mode != "off":
+            self._say(self._mask_message())
         if cfg.max_minutes is not None:
             per_step = self._probe_seconds_per_step()
             self.budget = TimeBudget.plan(60.0 * cfg.max_minutes, cfg.iterations, per_step,
@@ -212,11 +223,21 @@ class Run:
         self._rescale_schedule()
         self._say(f"resumed from step {self.state.step} ({self.elapsed / 60:.1f} min trained)")
 
+    def _mask_message(self) -> str:
+        masked = [v for v in self.scene.train if v.mask is not None]
+        cover = sum(float(v.mask.float().mean()) for v in masked) / len(masked)
+        what = (f"masks are object silhouettes (they cover {cover:.0%} of the pixels): outside them the "
+                "render is trained to be empty, over a random background" if self.mask_mode == "object" else
+                f"masks mark the pixels to train (they cover {cover:.0%}): the others are not supervised")
+        return (f"{len(masked)} of {len(self.scene.train)} training views have masks ({self.config.data.masks}): "
+                f"{what}; the progress PSNR and the evaluation count the masked pixels "
+                "(--masks object|ignore|off to choose)")
+
     def _with_background(self, gaussians: Gaussians) -> Gaussians:
         """Add Gaussians on a sphere for the sky and far surroundings (init.background_gaussians)
         when every pixel is trained (no masks) and the dataset has no background colour."""
         scene, n = self.scene, self.config.background_gaussians
-        if n <= 0 or scene.background is not None or any(v.mask is not None for v in scene.train):
+        if n <= 0 or scene.background is not None or self.mask_mode != "off":
             return gaussians
         sky = background_gaussians(scene, n, self.config.sh_degree, BACKGROUND_OPACITY)
         if sky is None:
@@ -292,8 +313,13 @@ class Run:
             target = target + (1 - alpha) * (bg.to(self.device) - torch.tensor(self.background, device=self.device))
             background = tuple(bg.tolist())
         mask = None if view.mask is None else view.mask.to(self.device).unsqueeze(-1).float()  # [H, W, 1]
+        measure = None
+        if mask is not None and self.mask_mode == "object":  # outside the subject: empty space
+            bg = torch.rand(3).to(self.device)
+            target = target * mask + bg * (1 - mask)
+            background, measure, mask = tuple(bg.tolist()), mask, None
         camera = view.camera.to(self.device)
-        step_view = StepView(camera, target, mask, background, index)
+        step_view = StepView(camera, target, mask, background, index, measure=measure)
         if self.config.depth.weight > 0:
             step_view.inv_depth = None if view.inv_depth is None else view.inv_depth.to(self.device)
             if step_view.inv_depth is None and self.config.depth.sparse:

@@ -37,6 +37,7 @@ class StepView:
     index: int  # position in the scene's training views
     inv_depth: Optional[torch.Tensor] = None  # [H, W] inverse-depth prior, 0 = unknown (depth maps)
     depth_points: Optional[torch.Tensor] = None  # [K, 3] (u, v, z) of the SfM points the view saw
+    measure: Optional[torch.Tensor] = None  # [H, W, 1] pixels the PSNR counts, when not `mask`
 
 
 def downsampled(view: StepView, divisor: int) -> StepView:
@@ -94,8 +95,10 @@ class StepResult:
 Reduce = Callable[[TrainState], None]  # makes gradients (and statistics) agree across processes
 
 
-def masked_loss(image: torch.Tensor, target: torch.Tensor, mask: Optional[torch.Tensor], ssim_lambda: float):
-    """(loss, share, mse) of a render against its target over the pixels where mask = 1.
+def masked_loss(image: torch.Tensor, target: torch.Tensor, mask: Optional[torch.Tensor], ssim_lambda: float,
+                measure: Optional[torch.Tensor] = None):
+    """(loss, share, mse) of a render against its target over the pixels where mask = 1
+    (`mse` over `measure` instead, when given: the pixels the PSNR counts).
 
     Masked-out pixels are replaced by the target's own values, so they add no error and no
     gradient. `loss` keeps the per-pixel weight of an unmasked image (1 / all pixels), so that
@@ -105,7 +108,10 @@ def masked_loss(image: torch.Tensor, target: torch.Tensor, mask: Optional[torch.
     """
     if mask is None:
         loss = photometric_loss(image, target, ssim_lambda)
-        return loss, 1.0, torch.mean((image.detach().clamp(0, 1) - target) ** 2)
+        error = (image.detach().clamp(0, 1) - target) ** 2  # [H, W, 3]
+        if measure is None:
+            return loss, 1.0, error.mean()
+        return loss, 1.0, (error * measure).mean() / measure.mean().clamp_min(1.0 / measure.numel())
     image = image * mask + target * (1 - mask)
     share = mask.mean().clamp_min(1.0 / mask.numel())  # fraction of pixels that count
     loss = photometric_loss(image, target, ssim_lambda)
@@ -154,8 +160,11 @@ def train_step(
         view = downsampled(view, plan.divisor)
         out = render_view(state, view, settings, plan)
         strategy.step_pre_backward(state.params, state.optimizers, state.strategy_state, plan.iteration, out)
-        image = out.image if exposure is None else exposure.apply(out.image, view.index)  # [H, W, 3]
-        loss, share, mse = masked_loss(image, view.target, view.mask, losses.ssim_lambda)
+        image = out.image  # [H, W, 3]
+        if exposure is not None:
+            image = exposure.apply(image, view.index, out.alpha, view.background) if view.measure is not None \
+                else exposure.apply(image, view.index)
+        loss, share, mse = masked_loss(image, view.target, view.mask, losses.ssim_lambda, view.measure)
         shown.append(loss.detach() / share)
         if out.depth is not None:
             term = depth_loss(out, view, losses.depth_scale)
