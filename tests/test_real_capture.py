@@ -55,9 +55,11 @@ def test_exposure_starts_as_identity_and_fits_are_recovered():
     exposure = Exposure(3, torch.device("cpu"))
     image = torch.rand(8, 8, 3)
     assert torch.equal(exposure.apply(image, 1), image)
-    exposure.matrices.sum().backward()
+    (exposure.apply(image, 1) * torch.rand(8, 8, 3)).sum().backward()
     exposure.step(0.5, ExposureConfig())
     assert not torch.equal(exposure.apply(image, 1), image)
+    # The mean transform stays the identity: the model keeps the collection's average colours.
+    assert torch.allclose(exposure.matrices.mean(0), torch.eye(3, 4), atol=1e-6)
     state = exposure.state_dict()
     other = Exposure(3, torch.device("cpu"))
     other.load_state_dict(state)
@@ -157,9 +159,10 @@ def test_coarse_to_fine_views_are_exact_downscales():
 
 
 def test_exposure_leaves_empty_pixels_at_the_background():
-    exposure = Exposure(1, torch.device("cpu"))
-    with torch.no_grad():
-        exposure.matrices[0] = torch.tensor([[0.5, 0.0, 0.0, 0.1], [0.0, 0.5, 0.0, 0.1], [0.0, 0.0, 0.5, 0.1]])
+    exposure = Exposure(2, torch.device("cpu"))
+    with torch.no_grad():  # view 0 halves its colours and adds 0.1; view 1 the opposite (mean: identity)
+        exposure.deltas[0] = torch.tensor([[-0.5, 0.0, 0.0, 0.1], [0.0, -0.5, 0.0, 0.1], [0.0, 0.0, -0.5, 0.1]])
+        exposure.deltas[1] = -exposure.deltas[0]
     colour = torch.full((2, 2, 3), 0.6)
     alpha = torch.tensor([[1.0, 0.0], [0.5, 0.0]])[..., None]
     bg = (0.2, 0.3, 0.4)

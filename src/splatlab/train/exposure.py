@@ -9,6 +9,12 @@ regularisation release), each training image i gets a 3x4 matrix E_i, initialise
     rgb' = rgb @ E_i[:, :3] + E_i[:, 3]
 
 trained by its own Adam with an exponentially decaying learning rate (3DGS: 1e-2 -> 1e-3).
+
+One difference from 3DGS: the transforms are parametrised as E_i = [I | 0] + D_i - mean_j D_j,
+so their mean over the training images is exactly the identity. Otherwise the model's own
+colours are free to drift (any common transform can move between the Gaussians and the
+E_i), and a held-out photo, rendered without a transform, is compared with an arbitrary
+colouring; pinned to the mean, the model shows the average exposure of the collection.
 Test views have no learned transform; `metrics.psnr_exposure_fitted` is the matching
 evaluation protocol (fit on the left half of a test image, measure on the right half).
 """
@@ -40,9 +46,14 @@ class Exposure:
     """The transforms of all training views and their optimizer."""
 
     def __init__(self, num_views: int, device: torch.device) -> None:
-        eye = torch.eye(3, 4, device=device)
-        self.matrices = torch.nn.Parameter(eye.repeat(num_views, 1, 1))  # [V, 3, 4]
-        self.optimizer = torch.optim.Adam([self.matrices], lr=1e-2, eps=1e-15)
+        self.eye = torch.eye(3, 4, device=device)
+        self.deltas = torch.nn.Parameter(torch.zeros(num_views, 3, 4, device=device))  # [V, 3, 4]
+        self.optimizer = torch.optim.Adam([self.deltas], lr=1e-2, eps=1e-15)
+
+    @property
+    def matrices(self) -> torch.Tensor:
+        """[V, 3, 4] the transforms, whose mean is the identity."""
+        return self.eye + self.deltas - self.deltas.mean(0)
 
     def apply(self, image: torch.Tensor, index: int, alpha: torch.Tensor | None = None,
               background: tuple[float, float, float] | None = None) -> torch.Tensor:
@@ -51,7 +62,7 @@ class Exposure:
         With `alpha` [H, W, 1] and the `background` the render was composited over, only the
         Gaussians' colour is transformed: (image - T bg) E + alpha b + T bg, so that an empty
         pixel keeps its background colour (object masks train against a random background)."""
-        e = self.matrices[index]  # [3, 4]
+        e = self.eye + self.deltas[index] - self.deltas.mean(0)  # [3, 4]
         if alpha is None:
             return image @ e[:, :3] + e[:, 3]
         bg = torch.as_tensor(background, dtype=image.dtype, device=image.device)
@@ -64,9 +75,9 @@ class Exposure:
         self.optimizer.zero_grad(set_to_none=True)
 
     def state_dict(self) -> dict:
-        return {"matrices": self.matrices.detach().cpu(), "optimizer": self.optimizer.state_dict()}
+        return {"deltas": self.deltas.detach().cpu(), "optimizer": self.optimizer.state_dict()}
 
     def load_state_dict(self, d: dict) -> None:
         with torch.no_grad():
-            self.matrices.copy_(d["matrices"].to(self.matrices.device))
+            self.deltas.copy_(d["deltas"].to(self.deltas.device))
         self.optimizer.load_state_dict(d["optimizer"])
