@@ -12,7 +12,7 @@ The baseline's code writes caches into its dataset folder, so it gets a temporar
 the code under test reads ../shared/data directly (it never writes there).
 
 Presets (scene name -> dataset and flags): statue (masks, the default), statue-nomasks
-(--no-masks: the whole frame, sky included), fox, lego (val split). The script prints a
+(--masks off: the whole frame, sky included), fox, lego (val split). The script prints a
 markdown table; --json keeps the rows, --pictures copies one render | ground truth image per
 (scene, budget) of the code under test.
 """
@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 PRESETS = {
     "statue": ("statue_colmap", []),
-    "statue-nomasks": ("statue_colmap", ["--no-masks"]),
+    "statue-nomasks": ("statue_colmap", ["--masks", "off"]),
     "fox": ("fox", []),
     "lego": ("lego_400", ["--eval-split", "val"]),
 }

@@ -1,10 +1,11 @@
 """A wall-clock budget for a training run: how many iterations fit, re-planned as the run goes.
 
 The first plan times a few steps before training; densification then grows the model (slower
-steps) or prunes it (faster). Every REPLAN_EVERY of the run, while before 80% of the plan, the
+steps) or prunes it (faster). Every REPLAN_EVERY of the run the
 total is re-estimated from the speed measured since the last re-plan. The schedule (learning
 rates, densification, SH ramp) follows `progress(step)`, which is piecewise linear between
 re-plans, so a re-plan changes the pace but never makes a learning rate or SH degree jump.
+After 80% of the plan it is re-checked more often and may only shrink.
 """
 
 from __future__ import annotations
@@ -65,13 +66,15 @@ class TimeBudget:
             return False
         rate = (elapsed - self.mark_elapsed) / max(step - self.mark_step, 1)  # seconds per step, recent
         self.mark_step, self.mark_elapsed = step, elapsed
-        self.next_replan = step + max(REPLAN_MIN_STEPS, int(REPLAN_EVERY * self.total))
-        if step >= 0.8 * self.total:
-            return False
+        late = step >= 0.8 * self.total
+        every = REPLAN_EVERY / 4 if late else REPLAN_EVERY
+        self.next_replan = step + max(REPLAN_MIN_STEPS, int(every * self.total))
         remaining = self.seconds - self.reserve - elapsed
         total = step + int(remaining / (rate * (1.2 if densifying else 1.05)))
         total = max(step + REPLAN_MIN_STEPS, min(total, self.cap))
-        if abs(total - self.total) < 0.05 * self.total:
+        # Late in the run a plan only shrinks: a machine that slowed down (other work, thermal
+        # limits) still reaches the end of the schedule, decayed learning rates included.
+        if abs(total - self.total) < 0.05 * self.total or (late and total > self.total):
             return False
         self.anchor_progress, self.anchor_step = self.progress(step), step
         self.total = total
