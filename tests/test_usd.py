@@ -62,7 +62,7 @@ def trained(tmp_path_factory):
     from splatlab.data.scene import Scene, View
     from splatlab.train.config import TrainConfig
     from splatlab.train.strategy import DefaultStrategyConfig
-    from splatlab.train.trainer import Trainer
+    from splatlab.train.run import Run
 
     truth = random_scene(150, sh_degree=3, seed=1, dtype=torch.float32, spread=0.8, depth=0.0,
                          log_scale_range=(-2.8, -2.0), opacity_range=(0.5, 0.95))
@@ -78,8 +78,9 @@ def trained(tmp_path_factory):
     strategy = DefaultStrategyConfig(refine_start=20, refine_stop=100, refine_every=20, reset_every=1000,
                                     max_gaussians=1500)
     cfg = TrainConfig(output=out, iterations=150, sh_degree=3, sh_degree_interval=20, save_at=(150,), eval_at=(),
-                      checkpoint_every=1000, progress=False, save_renders=False, default_strategy=strategy, seed=3)
-    result = Trainer(cfg, scene).train()
+                      max_minutes=None, checkpoint_every=1000, progress=False, save_renders=False, strategy=strategy,
+                      seed=3)
+    result = Run(cfg, scene).train()
     assert result.gaussians.sh_degree == 3 and result.gaussians.shN.abs().sum() > 0
     return out, scene
 
