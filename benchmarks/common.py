@@ -100,14 +100,22 @@ def max_rss_mb() -> float:
     return rss / 1024.0 if sys.platform != "darwin" else rss / 2**20
 
 
-def run_child(script: Path, config: dict, timeout: float) -> dict:
+def run_child(script: Path, config: dict, timeout: float, checkout: Path | None = None) -> dict:
     """Run `script --child JSON` in a fresh interpreter; return the JSON it prints last.
 
+    With `checkout` (another clone of the repository, e.g. main for a before/after), the same
+    script of that checkout runs with its own source tree (and its .venv's Python if it has one).
     Returns {"error": ...} instead of raising when the child fails or times out.
     """
-    cmd = [sys.executable, str(script), "--child", json.dumps(config)]
-    env = dict(os.environ)
-    env.setdefault("PYTHONPATH", str(REPO / "src"))
+    python, root, env = sys.executable, REPO, dict(os.environ)
+    if checkout is not None:
+        root = Path(checkout).resolve()
+        script = root / Path(script).resolve().relative_to(REPO)
+        if (root / ".venv" / "bin" / "python").exists():
+            python = str(root / ".venv" / "bin" / "python")
+        env["PYTHONPATH"] = str(root / "src")
+    cmd = [python, str(script), "--child", json.dumps(config)]
+    env.setdefault("PYTHONPATH", str(root / "src"))
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
