@@ -30,6 +30,10 @@ from ._common import _JIT, NPIX, TILE, _alpha_box, _fetch_add_one, _fexp
 from ._threads import _np, numba_threads
 from .binning import TileBinning
 
+# The per-tile loops may fuse a multiply and an add into one FMA (one rounding instead of two):
+# deterministic, and within the reference tolerances (tests/test_cpu_stages.py, 1e-10 in float64).
+_JIT_FMA = dict(_JIT, fastmath={"contract"})
+
 # Slot layout of the per-intersection gradients: d/d[mx, my, A, B, C, opacity, f_0..f_{C-1}].
 SLOT_FEATURES = 6
 
@@ -82,7 +86,7 @@ def prepare_splats(means2d, conics, opacities, colors, depths, width, height, re
         bbox[i, 3] = y1
 
 
-@njit(**_JIT)
+@njit(**_JIT_FMA)
 def _forward_tile(
     tile, tw, rec, bbox, isect_gid, tile_offsets, width, height, tiles_x, consts,
     trans, acc, done, last, wrow, fbuf, xl, yl, out_feat, out_t, out_last,
@@ -171,7 +175,7 @@ def _forward_tile(
     return rows
 
 
-@njit(parallel=True, **_JIT)
+@njit(parallel=True, **_JIT_FMA)
 def composite_forward(
     rec, bbox, isect_gid, tile_offsets, tile_order, num_workers, width, height, tiles_x, tw,
     consts, out_feat, out_t, out_last, tile_work,
@@ -219,7 +223,7 @@ _RB_SIZE = 7 * TILE
 _NL = 8
 
 
-@njit(**_JIT)
+@njit(**_JIT_FMA)
 def _backward_tile(
     tile, tw, rec, bbox, isect_gid, rect, slot_offsets, tile_offsets, width, height, tiles_x,
     consts, out_t, out_last, v_feat, v_t, want_abs, slot_grad, slot_abs,
@@ -368,7 +372,7 @@ def _backward_tile(
             slot_abs[s, 1] = lanes[7 * TILE]
 
 
-@njit(parallel=True, **_JIT)
+@njit(parallel=True, **_JIT_FMA)
 def composite_backward(
     rec, bbox, isect_gid, rect, slot_offsets, tile_offsets, tile_order, num_workers,
     width, height, tiles_x, tw, consts, out_t, out_last, v_feat, v_t, want_abs,
