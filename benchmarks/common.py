@@ -11,6 +11,11 @@ import datetime as _dt
 import json
 import math
 import os
+
+# As splatlab/__init__.py does, before torch loads its OpenMP runtime (torch is imported below,
+# before splatlab): OpenMP workers that spin steal the cores the Numba kernels need.
+_USER_OMP_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")  # restored for another checkout's children
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import platform
 import resource
 import statistics
@@ -114,6 +119,9 @@ def run_child(script: Path, config: dict, timeout: float, checkout: Path | None 
         if (root / ".venv" / "bin" / "python").exists():
             python = str(root / ".venv" / "bin" / "python")
         env["PYTHONPATH"] = str(root / "src")
+        env.pop("OMP_WAIT_POLICY", None)  # that checkout runs with its own settings, not this one's
+        if _USER_OMP_WAIT_POLICY is not None:
+            env["OMP_WAIT_POLICY"] = _USER_OMP_WAIT_POLICY
     cmd = [python, str(script), "--child", json.dumps(config)]
     env.setdefault("PYTHONPATH", str(root / "src"))
     try:

@@ -8,7 +8,8 @@ One step as training runs it on the cpu backend: projection (ProjectGaussians), 
 compositing forward (no depth channel where the code supports that, as training renders),
 loss = 0.8 L1 + 0.2 (1 - SSIM) forward and backward, compositing backward, projection
 backward, and the fused Adam step of train/optim.py on all six parameters. Each stage is
-timed on its own (wall clock, median over --repeats steps after two warm-up steps), by calling
+timed on its own (wall clock, or with --clock cpu the process's CPU time; median over
+--repeats steps after two warm-up steps), by calling
 the stages' autograd Functions in order and taking the backward one stage at a time with
 torch.autograd.grad. Scene: benchmarks/common.py's standard random scene at SH degree 3
 (shN random, small), float32, the target a fixed random image.
@@ -23,8 +24,6 @@ import statistics
 import sys
 import time
 from pathlib import Path
-
-import torch
 
 HERE = Path(__file__).resolve().parent
 STAGES = ["project fwd", "binning", "composite fwd", "loss+SSIM fwd+bwd", "composite bwd", "project bwd", "Adam",
@@ -43,6 +42,8 @@ def _import_stages():
 
 
 def _camera_params(CameraParams, camera, threads):
+    import torch
+
     viewmat = camera.viewmat.to(torch.float32).double().contiguous().numpy()
     campos = camera.position.to(torch.float32).double().contiguous().numpy()
     return CameraParams(viewmat=viewmat, campos=campos, fx=camera.fx, fy=camera.fy, cx=camera.cx, cy=camera.cy,
@@ -50,7 +51,9 @@ def _camera_params(CameraParams, camera, threads):
                         antialiased=False, sh_degree=3, num_threads=threads)  # fmt: skip
 
 
-def profile(n: int, res: int, threads: int, repeats: int) -> dict:
+def profile(n: int, res: int, threads: int, repeats: int, clock=time.perf_counter) -> dict:
+    import torch
+
     from splatlab.losses import photometric_loss
 
     import common
@@ -69,28 +72,28 @@ def profile(n: int, res: int, threads: int, repeats: int) -> dict:
     times = {k: [] for k in STAGES}
 
     def step(record: bool):
-        marks = [time.perf_counter()]
+        marks = [clock()]
         means2d, conics, depths, opac, colors, radii, rect = ProjectGaussians.apply(*params, cam)
-        marks.append(time.perf_counter())
+        marks.append(clock())
         binning = bin_gaussians(radii, rect, depths, res, res, threads)
-        marks.append(time.perf_counter())
+        marks.append(clock())
         extra = (False,) if no_depth else ()
         image, _alpha, _depth = CompositeTiles.apply(means2d, conics, opac, colors, depths, binning, res, res,
                                                      (0.0, 0.0, 0.0), threads, False, *extra)  # fmt: skip
-        marks.append(time.perf_counter())
+        marks.append(clock())
         loss = photometric_loss(image, target)
         (g_image,) = torch.autograd.grad(loss, image)
-        marks.append(time.perf_counter())
+        marks.append(clock())
         screen = [means2d, conics, opac, colors, depths]
         g_screen = torch.autograd.grad(image, screen, g_image, allow_unused=True)
-        marks.append(time.perf_counter())
+        marks.append(clock())
         g_screen = [torch.zeros_like(t) if g is None else g for t, g in zip(screen, g_screen)]
         grads = torch.autograd.grad(screen, params, g_screen)
-        marks.append(time.perf_counter())
+        marks.append(clock())
         for p, g, opt in zip(params, grads, optims):
             p.grad = g
             opt.step()
-        marks.append(time.perf_counter())
+        marks.append(clock())
         if record:
             for name, t0, t1 in zip(STAGES, marks, marks[1:]):
                 times[name].append(t1 - t0)
@@ -116,14 +119,18 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--src", default=str(HERE.parent / "src"), help="the splatlab source tree to profile")
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="wall clock, or this process's CPU time (all threads; steadier on a busy machine)")
     ap.add_argument("--markdown", action="store_true", help="print a markdown table")
     args = ap.parse_args()
     sys.path.insert(0, str(HERE))
     sys.path.insert(0, str(Path(args.src).resolve()))
+    import splatlab  # noqa: F401  first, as the CLI does: its import-time settings apply (OMP_WAIT_POLICY)
     rows = []
     for size in args.sizes:
         n = int(float(size.rstrip("kK")) * 1000) if size[-1] in "kK" else int(size)
-        r = profile(n, args.res, args.threads, args.repeats)
+        r = profile(n, args.res, args.threads, args.repeats, time.perf_counter if args.clock == "wall" else time.process_time)
+        r["clock"] = args.clock
         print(json.dumps(r), flush=True)
         rows.append(r)
     if args.markdown:

@@ -312,6 +312,11 @@ def _backward_tile(
                 rb[_RB_RAW + j] = raw
                 rb[_RB_VA + j] = zero
                 trans[p] = t_i if m else t_cur
+            hits = zero
+            for j in range(TILE):
+                hits += rb[_RB_M + j]
+            if hits == zero:
+                continue  # no pixel of this row takes intersection i: passes 2 and 3 would add zeros
             # pass 2, per channel: dL/df and the f_i T_i - S/(1 - alpha) part of dL/dalpha
             for k in range(nf):
                 f = rec[g, 6 + k]
