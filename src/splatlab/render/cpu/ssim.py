@@ -55,9 +55,12 @@ def _blur_stack(src, w, tmp, dst):
             acc[:] = 0.0
             for q in range(k):
                 wq = w[q]
-                shift = q - r
-                for j in range(max(0, -shift), min(wd, wd - shift)):
-                    acc[j] += wq * row[j + shift]
+                lo = max(0, r - q)  # output columns whose input column j + q - r is inside
+                hi = min(wd, wd + r - q)
+                out_seg = acc[lo:hi]
+                in_seg = row[lo + q - r : hi + q - r]  # views indexed from 0: no negative-index
+                for j in range(hi - lo):  # wraparound code, so LLVM vectorises the loop
+                    out_seg[j] += wq * in_seg[j]
 
 
 @njit(parallel=True, **_JIT)
