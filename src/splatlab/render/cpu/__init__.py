@@ -3,10 +3,14 @@
 Same stages, outputs and conventions as render/reference.py (the oracle it is tested
 against), organised like the 3DGS CUDA rasterizer:
 
-    ProjectGaussians (Numba, per Gaussian)   covariance, EWA projection, SH colour, radii
-    bin_gaussians    (Numba)                 radix sort by depth, counting sort by tile
-    CompositeTiles   (Numba, per tile)       front to back, then background, alpha and
-                                             expected depth; backward back to front
+    ProjectGaussians (project.py, per Gaussian)   covariance, EWA projection, SH colour, radii
+    bin_gaussians    (binning.py)                 radix sort by depth, counting sort by tile
+    CompositeTiles   (composite.py, per tile)     front to back, then background, alpha and
+                                                  expected depth (only with render_depth);
+                                                  backward back to front
+
+Shared inline helpers live in _common.py; kernels.py names every compiled kernel; ssim.py is
+the fused SSIM that losses.ssim_map uses for CPU float32 images.
 
 Both Functions are deterministic: every parallel task writes only memory it owns
 (a Gaussian's outputs, a tile's pixels, a (Gaussian, tile) gradient slot), and per-Gaussian
