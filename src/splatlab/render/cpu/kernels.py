@@ -43,18 +43,18 @@ def _dispatchers():
 
 
 def invalidate_stale_cache() -> bool:
-    """Empty the on-disk kernel cache when any source of this package changed since it was written.
+    """Empty the on-disk kernel cache when _common.py changed since the cache was written.
 
     Numba keys a cached kernel on the stamp of the file that defines it only; the helpers in
-    _common.py are compiled into kernels of other files, so an edit there would otherwise load
-    stale machine code. A digest of every module here, kept next to the cache, catches that.
-    Returns True when the cache was emptied. Best effort: a read-only cache is left as it is.
+    _common.py are compiled into kernels of the other files, so an edit there would otherwise
+    load stale machine code. A digest of _common.py, kept next to the cache, catches that
+    (edits to a stage module are caught by Numba itself). Returns True when the cache was
+    emptied. Best effort: a read-only cache is left as it is.
     """
     try:
-        sources = sorted(Path(__file__).parent.glob("*.py"))
-        digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()
+        digest = hashlib.sha256((Path(__file__).parent / "_common.py").read_bytes()).hexdigest()
         dispatchers = _dispatchers()
-        stamp = Path(dispatchers[0]._cache._cache_path) / "splatlab_cpu_sources.sha256"
+        stamp = Path(dispatchers[0]._cache._cache_path) / "splatlab_cpu_common.sha256"
         if stamp.exists() and stamp.read_text().strip() == digest:
             return False
         for d in dispatchers:

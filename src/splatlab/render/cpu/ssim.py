@@ -128,12 +128,15 @@ class FusedSSIM(torch.autograd.Function):
         with numba_threads(torch.get_num_threads()):
             _blur_stack(stack, w, np.empty_like(stack), stats)
             _ssim_pointwise(stats, c, smap.numpy(), deriv)
-        ctx.state = (xn, yn, w, deriv)
+        ctx.save_for_backward(x, y)  # autograd then refuses a backward after an in-place change
+        ctx.state = (w, deriv)
         return smap
 
     @staticmethod
     def backward(ctx, g):
-        xn, yn, w, deriv = ctx.state
+        x, y = ctx.saved_tensors
+        xn, yn = _np(x), _np(y)
+        w, deriv = ctx.state
         scaled = np.empty_like(deriv)
         blurred = np.empty_like(deriv)
         grad = torch.empty(xn.shape, dtype=torch.float32)
