@@ -6,6 +6,8 @@
     python benchmarks/bench_render.py --write-docs docs/benchmarks.md   # also update the docs table
     python benchmarks/bench_render.py --ply point_cloud.ply   # a trained model instead of the random scene
     python benchmarks/bench_render.py --backend triton [...]  # GPU: triton vs gsplat (benchmarks/gpu/bench_render_gpu.py)
+    python benchmarks/bench_render.py --quick --baseline ../main   # also main's cpu backend, same run, interleaved
+    python benchmarks/bench_render.py --quick --no-depth      # as training renders: no depth channel
 
 The scene is benchmarks/common.py's standard random scene (seed 0, SH degree 0, camera at
 z = -3 with f = resolution), rendered in float32; the backward is that of
@@ -89,7 +91,8 @@ def child(config: dict) -> None:
         gaussians, camera = common.standard_scene(config["n"], config["res"])
     gaussians.requires_grad_()
     weights = common.loss_weights(camera.height, camera.width)
-    settings = RenderSettings(backend=config["backend"], num_threads=threads)
+    settings = RenderSettings(backend=config["backend"], num_threads=threads,
+                              render_depth=config.get("render_depth", True))
     params = list(gaussians.params().values())
     # Load the backend's code (Numba's cached kernels) on a tiny scene first, so that the memory
     # measured below is the rendering's, not the one-off cost of loading compiled code.
@@ -143,6 +146,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-reference", action="store_true", help="only the cpu backend")
     ap.add_argument("--slow-reference", action="store_true", help="also run the reference where it is slow")
     ap.add_argument("--ply", default=None, help="render a trained model (.ply) instead of the random scene")
+    ap.add_argument("--baseline", default=None, metavar="DIR",
+                    help="another checkout (e.g. ../main): its cpu backend runs too, interleaved with this one")
+    ap.add_argument("--no-depth", action="store_true", help="render without the depth channel, as training does")
     ap.add_argument("--write-docs", default=None, metavar="PATH", help="update the table in this markdown file")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -166,7 +172,7 @@ def main(argv=None) -> int:
     for res in resolutions:
         for n in sizes:
             label = human(n) if not args.ply else Path(args.ply).name
-            runs = [("cpu", t) for t in args.threads]
+            runs = [(b, t) for t in args.threads for b in (["cpu", "baseline"] if args.baseline else ["cpu"])]
             slow = n >= 1_000_000 or (res >= 800 and n >= 100_000)
             if not args.no_reference:
                 if slow and not args.slow_reference and not args.ply:
@@ -176,16 +182,18 @@ def main(argv=None) -> int:
                     runs.append(("reference", cores))
             measured = {}
             for backend, threads in runs:
-                config = {"n": n, "res": res, "backend": backend, "threads": threads, "ply": args.ply,
-                          "repeats": max(1, repeats if backend == "cpu" else min(repeats, 3)),
-                          "warmup": 2 if backend == "cpu" else 1,
-                          "budget_s": None if backend == "cpu" else 120.0}  # fmt: skip
+                config = {"n": n, "res": res, "backend": "cpu" if backend == "baseline" else backend,
+                          "threads": threads, "ply": args.ply, "render_depth": not args.no_depth,
+                          "repeats": max(1, repeats if backend != "reference" else min(repeats, 3)),
+                          "warmup": 2 if backend != "reference" else 1,
+                          "budget_s": None if backend != "reference" else 120.0}  # fmt: skip
                 print(f"  {label:>6} @ {res} px  {backend:9s} x{threads} ...", end="", flush=True, file=sys.stderr)
-                r = common.run_child(Path(__file__), config, timeout=1800 if backend == "reference" else 900)
+                r = common.run_child(Path(__file__), config, timeout=1800 if backend == "reference" else 900,
+                                     checkout=args.baseline if backend == "baseline" else None)
                 print(f" {r.get('fwd_ms', float('nan')):.1f} / {r.get('fwd_bwd_ms', float('nan')):.1f} ms"
                       if "error" not in r else f" {r['error']}", file=sys.stderr)  # fmt: skip
                 measured[(backend, threads)] = r
-                results.append({**config, **r})
+                results.append({**config, **r, "label": backend})
             ref = measured.get(("reference", cores), {})
             for (backend, threads), r in measured.items():
                 if "error" in r:
@@ -193,12 +201,12 @@ def main(argv=None) -> int:
                     notes.append(f"{backend} x{threads} at {label}, {res} px failed: {r['error']}")
                     continue
                 ratio_f = ratio_fb = None
-                if backend == "cpu" and "fwd_ms" in ref:
+                if backend in ("cpu", "baseline") and "fwd_ms" in ref:
                     ratio_f = ref["fwd_ms"] / r["fwd_ms"]
                     ratio_fb = ref["fwd_bwd_ms"] / r["fwd_bwd_ms"]
                 rows.append([
                     label if not args.ply else f"{label} ({r['gaussians']})", f"{res}²", r["intersections"],
-                    backend, threads, r["fwd_ms"], r["fwd_bwd_ms"], r["rss_peak_mb"] - r["rss_setup_mb"],
+                    f"cpu ({args.baseline})" if backend == "baseline" else backend, threads, r["fwd_ms"], r["fwd_bwd_ms"], r["rss_peak_mb"] - r["rss_setup_mb"],
                     ratio_f, ratio_fb,
                 ])  # fmt: skip
 

@@ -11,6 +11,11 @@ import datetime as _dt
 import json
 import math
 import os
+
+# As splatlab/__init__.py does, before torch loads its OpenMP runtime (torch is imported below,
+# before splatlab): OpenMP workers that spin steal the cores the Numba kernels need.
+_USER_OMP_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")  # restored for another checkout's children
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import platform
 import resource
 import statistics
@@ -100,14 +105,25 @@ def max_rss_mb() -> float:
     return rss / 1024.0 if sys.platform != "darwin" else rss / 2**20
 
 
-def run_child(script: Path, config: dict, timeout: float) -> dict:
+def run_child(script: Path, config: dict, timeout: float, checkout: Path | None = None) -> dict:
     """Run `script --child JSON` in a fresh interpreter; return the JSON it prints last.
 
+    With `checkout` (another clone of the repository, e.g. main for a before/after), the same
+    script of that checkout runs with its own source tree (and its .venv's Python if it has one).
     Returns {"error": ...} instead of raising when the child fails or times out.
     """
-    cmd = [sys.executable, str(script), "--child", json.dumps(config)]
-    env = dict(os.environ)
-    env.setdefault("PYTHONPATH", str(REPO / "src"))
+    python, root, env = sys.executable, REPO, dict(os.environ)
+    if checkout is not None:
+        root = Path(checkout).resolve()
+        script = root / Path(script).resolve().relative_to(REPO)
+        if (root / ".venv" / "bin" / "python").exists():
+            python = str(root / ".venv" / "bin" / "python")
+        env["PYTHONPATH"] = str(root / "src")
+        env.pop("OMP_WAIT_POLICY", None)  # that checkout runs with its own settings, not this one's
+        if _USER_OMP_WAIT_POLICY is not None:
+            env["OMP_WAIT_POLICY"] = _USER_OMP_WAIT_POLICY
+    cmd = [python, str(script), "--child", json.dumps(config)]
+    env.setdefault("PYTHONPATH", str(root / "src"))
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:

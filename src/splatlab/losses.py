@@ -37,12 +37,39 @@ def ssim(img1: torch.Tensor, img2: torch.Tensor, window_size: int = SSIM_WINDOW,
 
 
 def ssim_map(img1: torch.Tensor, img2: torch.Tensor, window_size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> torch.Tensor:
-    """Per-pixel, per-channel SSIM [B, C, H, W] of two images [H, W, C] or [B, H, W, C]."""
+    """Per-pixel, per-channel SSIM [B, C, H, W] of two images [H, W, C] or [B, H, W, C].
+
+    CPU float32 images (the training case) go to the fused Numba kernel (render/cpu/ssim.py),
+    which is tested against _ssim_map_torch, its readable twin, forward and backward; it
+    passes gradients to img1 only, so it is used when img2 does not require a gradient.
+    """
     if img1.shape != img2.shape:
         raise ValueError(f"ssim: image shapes differ: {list(img1.shape)} vs {list(img2.shape)}")
     x = img1 if img1.dim() == 4 else img1.unsqueeze(0)
     y = img2 if img2.dim() == 4 else img2.unsqueeze(0)
     x, y = x.permute(0, 3, 1, 2), y.permute(0, 3, 1, 2)  # [B, C, H, W]
+    if _fused_ssim_applies(x, y):
+        from .render.cpu.ssim import fused_ssim_map
+
+        window = _gaussian_1d(window_size, sigma, x.dtype, str(x.device))
+        return fused_ssim_map(x, y, window, SSIM_C1, SSIM_C2)
+    return _ssim_map_torch(x, y, window_size, sigma)
+
+
+def _fused_ssim_applies(x: torch.Tensor, y: torch.Tensor) -> bool:
+    if not (x.device.type == "cpu" and x.dtype == torch.float32 and y.dtype == torch.float32):
+        return False
+    if y.requires_grad or x.numel() == 0:
+        return False
+    try:
+        import numba  # noqa: F401  (the cpu backend's dependency)
+    except ImportError:
+        return False
+    return True
+
+
+def _ssim_map_torch(x: torch.Tensor, y: torch.Tensor, window_size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> torch.Tensor:
+    """SSIM map [B, C, H, W] of x, y [B, C, H, W] in plain PyTorch (autograd): the readable twin."""
     window = _gaussian_1d(window_size, sigma, x.dtype, str(x.device))
     # All five local statistics in one blur call: [B, 5C, H, W].
     stats = _blur(torch.cat([x, y, x * x, y * y, x * y], dim=1), window)

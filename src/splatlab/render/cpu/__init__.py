@@ -3,10 +3,14 @@
 Same stages, outputs and conventions as render/reference.py (the oracle it is tested
 against), organised like the 3DGS CUDA rasterizer:
 
-    ProjectGaussians (Numba, per Gaussian)   covariance, EWA projection, SH colour, radii
-    bin_gaussians    (Numba)                 radix sort by depth, counting sort by tile
-    CompositeTiles   (Numba, per tile)       front to back, then background, alpha and
-                                             expected depth; backward back to front
+    ProjectGaussians (project.py, per Gaussian)   covariance, EWA projection, SH colour, radii
+    bin_gaussians    (binning.py)                 radix sort by depth, counting sort by tile
+    CompositeTiles   (composite.py, per tile)     front to back, then background, alpha and
+                                                  expected depth (only with render_depth);
+                                                  backward back to front
+
+Shared inline helpers live in _common.py; kernels.py names every compiled kernel; ssim.py is
+the fused SSIM that losses.ssim_map uses for CPU float32 images.
 
 Both Functions are deterministic: every parallel task writes only memory it owns
 (a Gaussian's outputs, a tile's pixels, a (Gaussian, tile) gradient slot), and per-Gaussian
@@ -29,9 +33,32 @@ import torch
 from ...camera import Camera
 from ...gaussians import Gaussians
 from ..settings import RenderOutput, RenderSettings
-from .autograd import CameraParams, CompositeTiles, ProjectGaussians, bin_gaussians
+from . import kernels
+from .binning import bin_gaussians
+from .composite import CompositeTiles
+from .project import CameraParams, ProjectGaussians
 
-__all__ = ["rasterize_cpu"]
+__all__ = ["rasterize_cpu", "camera_params"]
+
+kernels.invalidate_stale_cache()  # before any kernel loads from the disk cache
+
+
+def camera_params(gaussians: Gaussians, camera: Camera, settings: RenderSettings) -> CameraParams:
+    """What ProjectGaussians needs from the camera and the settings, in kernel-ready form."""
+    dtype = gaussians.dtype
+    sh_degree = gaussians.sh_degree if settings.sh_degree is None else settings.sh_degree
+    # As the reference does (viewmat.to(means)), round the camera to the data dtype first.
+    viewmat = camera.viewmat.detach().to(dtype).double().contiguous()
+    campos = camera.position.detach().to(dtype).double().contiguous()
+    return CameraParams(
+        viewmat=viewmat.numpy(),
+        campos=campos.numpy(),
+        fx=camera.fx, fy=camera.fy, cx=camera.cx, cy=camera.cy,
+        width=camera.width, height=camera.height,
+        near=float(settings.near_plane), far=float(settings.far_plane), eps2d=float(settings.eps2d),
+        antialiased=bool(settings.antialiased), sh_degree=int(sh_degree),
+        num_threads=settings.num_threads or torch.get_num_threads(),
+    )  # fmt: skip
 
 
 def rasterize_cpu(gaussians: Gaussians, camera: Camera, settings: RenderSettings) -> RenderOutput:
@@ -39,19 +66,8 @@ def rasterize_cpu(gaussians: Gaussians, camera: Camera, settings: RenderSettings
     dtype = gaussians.dtype
     if dtype not in (torch.float32, torch.float64):
         raise TypeError(f"backend 'cpu' supports float32 and float64 Gaussians, got {dtype}")
-    sh_degree = gaussians.sh_degree if settings.sh_degree is None else settings.sh_degree
-    num_threads = settings.num_threads or torch.get_num_threads()
-    # As the reference does (viewmat.to(means)), round the camera to the data dtype first.
-    viewmat = camera.viewmat.detach().to(dtype).double().contiguous()
-    campos = camera.position.detach().to(dtype).double().contiguous()
-    cam = CameraParams(
-        viewmat=viewmat.numpy(),
-        campos=campos.numpy(),
-        fx=camera.fx, fy=camera.fy, cx=camera.cx, cy=camera.cy,
-        width=camera.width, height=camera.height,
-        near=float(settings.near_plane), far=float(settings.far_plane), eps2d=float(settings.eps2d),
-        antialiased=bool(settings.antialiased), sh_degree=int(sh_degree), num_threads=num_threads,
-    )  # fmt: skip
+    cam = camera_params(gaussians, camera, settings)
+    num_threads = cam.num_threads
     means2d, conics, depths, opacities, colors, radii, rect = ProjectGaussians.apply(
         gaussians.means, gaussians.quats, gaussians.log_scales, gaussians.logit_opacities,
         gaussians.sh0, gaussians.shN, cam,
@@ -63,6 +79,7 @@ def rasterize_cpu(gaussians: Gaussians, camera: Camera, settings: RenderSettings
     image, alpha, depth = CompositeTiles.apply(
         means2d, conics, opacities, colors, depths, binning, camera.width, camera.height,
         tuple(float(c) for c in settings.background), num_threads, bool(settings.absgrad),
+        bool(settings.render_depth),
     )  # fmt: skip
     return RenderOutput(
         image=image,  # [H, W, 3]

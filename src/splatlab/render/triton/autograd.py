@@ -1,6 +1,6 @@
 """torch.autograd.Functions around the Triton kernels, and the binning between them.
 
-Two Functions, like the cpu backend's (render/cpu/autograd.py):
+Two Functions, like the cpu backend's (render/cpu/project.py, composite.py):
 
     ProjectGaussians   raw parameters -> means2d, conics, depths, opacities, colours (+ radii
                        and tile rectangles, not differentiable)

@@ -1,7 +1,7 @@
 """Triton kernels of projection and SH colour, forward and backward (one lane per Gaussian).
 
 Same stages, conventions and masks as render/reference.py (the oracle) and the chain rule of
-render/cpu/kernels.py's project_backward, vectorised over a block of Gaussians:
+render/cpu/project.py's project_backward, vectorised over a block of Gaussians:
 
     project_forward    raw parameters -> means2d, conics, depths, opacities (with the
                        anti-aliasing compensation), colours, radii, and the inclusive tile
@@ -557,7 +557,7 @@ def project_backward_kernel(
 ):  # fmt: skip
     """Gradients of the raw parameters from those of project_forward's outputs.
 
-    Recomputes the forward, then the chain rule stage by stage (as render/cpu/kernels.py's
+    Recomputes the forward, then the chain rule stage by stage (as render/cpu/project.py's
     project_backward): conic -> 2D covariance (and compensation) -> U = J W R S -> J, R, S ->
     camera-space point, quaternion, log-scales; SH colour -> coefficients and the view
     direction -> means. g_shN's coefficients above the degree used must be zero-initialised.
