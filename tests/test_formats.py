@@ -100,6 +100,12 @@ def test_own_round_trip_within_quantisation(scene, tmp_path, fmt):
     assert path.stat().st_size / len(scene) < {"compressed.ply": 64, "spz": 32, "sog": 64}[fmt]
 
 
+def test_compressed_ply_named_plain_ply_is_still_read(scene, tmp_path):
+    shutil.copy(write_compressed_ply(tmp_path / "m.compressed.ply", scene), tmp_path / "renamed.ply")
+    a, b = read_model(tmp_path / "m.compressed.ply"), read_model(tmp_path / "renamed.ply")
+    assert torch.equal(a.means, b.means) and torch.equal(a.shN, b.shN)
+
+
 def test_sog_unbundled_matches_bundled(scene, tmp_path):
     bundled = read_model(export_model(tmp_path / "m.sog", scene))
     (tmp_path / "unb").mkdir()
