@@ -73,6 +73,48 @@ def _kmeans(x: torch.Tensor, k: int, iters: int, gen: torch.Generator) -> tuple[
     return c, labels
 
 
+def _refine_groups(x: torch.Tensor, coarse: torch.Tensor, k: int, iters: int, gen: torch.Generator,
+                   group: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Second level: split every coarse cluster into a share of `k` proportional to its size.
+
+    Clusters are processed `group` at a time as padded batches (torch.baddbmm), so the cost is a
+    few large tensor operations per iteration instead of thousands of small ones.
+    """
+    n, d = x.shape
+    order = torch.argsort(coarse, stable=True)
+    xs, cs = x[order], coarse[order]
+    sizes = torch.bincount(cs)
+    ids = sizes.nonzero().flatten().tolist()
+    starts = torch.cumsum(sizes, 0) - sizes
+    share = {j: max(1, min(int(sizes[j]), int(k * int(sizes[j]) / n))) for j in ids}
+    palette, labels, offset = [], torch.empty(n, dtype=torch.long), 0
+    for g0 in range(0, len(ids), group):
+        batch = ids[g0:g0 + group]
+        m_max, k_max = max(int(sizes[j]) for j in batch), max(share[j] for j in batch)
+        pts = torch.zeros(len(batch), m_max, d)
+        valid = torch.zeros(len(batch), m_max, dtype=torch.bool)
+        cen = torch.full((len(batch), k_max, d), 1e6)  # padding centroids: far from every point
+        for b, j in enumerate(batch):
+            a, m = int(starts[j]), int(sizes[j])
+            pts[b, :m], valid[b, :m] = xs[a:a + m], True
+            cen[b, : share[j]] = xs[a:a + m][torch.randperm(m, generator=gen)[: share[j]]]
+        for it in range(iters + 1):
+            c2 = (cen * cen).sum(-1)  # [B, Kmax]
+            lab = torch.baddbmm(c2[:, None, :], pts, cen.transpose(1, 2), alpha=-2.0).argmin(-1)  # [B, Mmax]
+            if it == iters:
+                break
+            flat = (lab + torch.arange(len(batch))[:, None] * k_max)[valid]  # [M_total]
+            sums = torch.zeros(len(batch) * k_max, d).index_add_(0, flat, pts[valid])
+            counts = torch.bincount(flat, minlength=len(batch) * k_max).to(x.dtype)[:, None]
+            cen = torch.where(counts > 0, sums / counts.clamp_min(1), cen.reshape(-1, d)).reshape(cen.shape)
+        for b, j in enumerate(batch):
+            a, m = int(starts[j]), int(sizes[j])
+            palette.append(cen[b, : share[j]])
+            labels[order[a:a + m]] = lab[b, :m] + offset
+            offset += share[j]
+    return torch.cat(palette), labels
+
+
 def vector_palette(x: np.ndarray, k: int, iters: int = 10, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """([K', D] float32 palette with K' <= k, [N] int64 labels) for rows x [N, D]."""
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
@@ -81,16 +123,6 @@ def vector_palette(x: np.ndarray, k: int, iters: int = 10, seed: int = 0) -> tup
     if k >= n or k <= 1024:
         c, lab = _kmeans(xt, min(k, n), iters, gen)
         return c.numpy(), lab.numpy()
-    k1 = int(math.sqrt(k))
-    _, coarse = _kmeans(xt, k1, iters, gen)
-    parts, labels, offset = [], torch.empty(n, dtype=torch.long), 0
-    for j in range(k1):
-        idx = (coarse == j).nonzero().flatten()
-        if idx.numel() == 0:
-            continue
-        kj = max(1, min(idx.numel(), int(k * idx.numel() / n)))
-        c, lab = _kmeans(xt[idx], kj, iters, gen)
-        parts.append(c)
-        labels[idx] = lab + offset
-        offset += c.shape[0]
-    return torch.cat(parts).numpy(), labels.numpy()
+    _, coarse = _kmeans(xt, int(math.sqrt(k)), iters, gen)
+    palette, labels = _refine_groups(xt, coarse, k, iters, gen)
+    return palette.numpy(), labels.numpy()

@@ -130,7 +130,7 @@ def write_spz(path: str | os.PathLike, gaussians: Gaussians, version: int = 3,
     target = Path(os.fspath(path))
     payload = spz_payload(gaussians, version, coordinates, str(target))
     with atomic_write(target, "wb") as f:
-        f.write(gzip.compress(payload, compresslevel=9, mtime=0))
+        f.write(gzip.compress(payload, compresslevel=6, mtime=0))  # zlib's default; 9 is 15x slower, 3% smaller
     return target
 
 
