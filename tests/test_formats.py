@@ -40,8 +40,9 @@ needs_splat_transform = pytest.mark.skipif(
     reason="PlayCanvas splat-transform is not in .tools/ (run scripts/install_test_tools.sh; needs node + npm)")
 
 # Round-trip PSNR floors (dB) on the test scene: measured 48.6 (compressed ply), 37.9 (SPZ: its
-# 4-5 bit SH dominate) and 41.3 (SOG), identical through splat-transform; 2 dB margin.
-FLOOR = {"compressed.ply": 46.0, "spz": 36.0, "sog": 39.0}
+# 4-5 bit SH dominate) and 36.0 (SOG: a 128-entry palette for 1500 Gaussians of random SH;
+# splat-transform's 1024 entries give 41.2), identical through splat-transform; 2 dB margin.
+FLOOR = {"compressed.ply": 46.0, "spz": 36.0, "sog": 34.0}
 SUFFIX = {"compressed.ply": ".compressed.ply", "spz": ".spz", "sog": ".sog"}
 
 
@@ -95,9 +96,9 @@ def test_own_round_trip_within_quantisation(scene, tmp_path, fmt):
     back = read_model(path)
     assert len(back) == len(scene) and back.sh_degree == 3
     assert render_psnr(scene, back) >= FLOOR[fmt]
-    # bytes per Gaussian, against 248 for the Inria .ply (measured 62.5, 28.3, 60.0 on 1500 Gaussians;
+    # bytes per Gaussian, against 248 for the Inria .ply (measured 62.5, 28.3, 32.8 on 1500 Gaussians;
     # SOG's fixed costs, images padded to multiples of 4 and the palette, shrink with more Gaussians)
-    assert path.stat().st_size / len(scene) < {"compressed.ply": 64, "spz": 32, "sog": 64}[fmt]
+    assert path.stat().st_size / len(scene) < {"compressed.ply": 64, "spz": 32, "sog": 36}[fmt]
 
 
 def test_compressed_ply_named_plain_ply_is_still_read(scene, tmp_path):
