@@ -9,7 +9,9 @@ names) or a model file with --data DATA. For each format the model is written by
     .ply, which splatlab reads ("via splat-transform" column);
 each decoded model is rendered by splatlab from the first --views held-out cameras of the dataset
 and compared with the original model's render (PSNR over the image, the dataset's background).
-Bytes per Gaussian count every file of the format (SOG: the .sog zip). Prints a markdown table.
+Bytes per Gaussian count every file of the format (SOG: the .sog zip). For comparison,
+splat-transform also writes each format from the Inria .ply (its defaults: SPZ v4, SOG with its
+k-means on the CPU) and splatlab reads that file. Prints a markdown table.
 Issue 15's bars at SH degree 3: SPZ <= 40 B/Gaussian, SOG <= 20, each round trip through
 splat-transform >= 30 dB.
 """
@@ -64,13 +66,26 @@ def _size(path: Path) -> int:
     return path.stat().st_size
 
 
-def _via_splat_transform(path: Path, out: Path):
+def _splat_transform(*args) -> bool:
     if not SPLAT_TRANSFORM.exists():
-        return None
-    r = subprocess.run([str(SPLAT_TRANSFORM), "-q", "-w", str(path), str(out)], capture_output=True, text=True)
+        return False
+    r = subprocess.run([str(SPLAT_TRANSFORM), "-q", "-w", *map(str, args)], capture_output=True, text=True)
     if r.returncode != 0:
-        raise RuntimeError(f"splat-transform {path} {out} failed:\n{r.stderr}")
-    return read_ply(out)
+        raise RuntimeError(f"splat-transform {' '.join(map(str, args))} failed:\n{r.stderr}")
+    return True
+
+
+def _via_splat_transform(path: Path, out: Path):
+    """splatlab's file converted by splat-transform to an Inria .ply, read by splatlab."""
+    return read_ply(out) if _splat_transform(path, out) else None
+
+
+def _from_splat_transform(ply: Path, fmt: str, out: Path):
+    """(splat-transform's own file of `fmt` from the Inria .ply, read by splatlab; its size)."""
+    options = ["-g", "cpu"] if fmt == "sog" else []  # SOG's k-means on the CPU: no GPU here
+    if not _splat_transform(*options, ply, out):
+        return None, None
+    return read_model(out), out.stat().st_size
 
 
 def bench_model(model: Path, data: Path | None, count: int) -> list[dict]:
@@ -90,11 +105,15 @@ def bench_model(model: Path, data: Path | None, count: int) -> list[dict]:
             back = read_model(path)
             t_read = time.perf_counter() - t0
             theirs = _via_splat_transform(path, Path(tmp) / f"st_{fmt}.ply") if fmt != "ply" else None
+            written, st_size = (None, None) if fmt == "ply" else _from_splat_transform(
+                Path(tmp) / "model.ply", fmt, Path(tmp) / f"by_st{suffix}")
             rows.append({
                 "model": str(model), "format": fmt, "gaussians": len(g), "sh_degree": g.sh_degree,
                 "bytes_per_gaussian": _size(path) / len(g),
                 "psnr_splatlab": _psnr(renders, back, cameras, settings),
                 "psnr_splat_transform": None if theirs is None else _psnr(renders, theirs, cameras, settings),
+                "st_bytes_per_gaussian": None if st_size is None else st_size / len(g),
+                "psnr_st_written": None if written is None else _psnr(renders, written, cameras, settings),
                 "write_s": t_write, "read_s": t_read, "views": len(cameras),
             })
             print(f"  {fmt}: {rows[-1]['bytes_per_gaussian']:.1f} B/Gaussian", file=sys.stderr, flush=True)
@@ -105,12 +124,17 @@ def table(rows: list[dict]) -> str:
     def db(v):
         return "n/a" if v is None else ("lossless" if v >= 100 else f"{v:.2f}")
 
+    def num(v):
+        return "n/a" if v is None else f"{v:.1f}"
+
     lines = ["| model | Gaussians (SH) | format | bytes/Gaussian | PSNR splatlab round trip (dB) "
-             "| PSNR via splat-transform (dB) | write s | read s |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| PSNR via splat-transform (dB) | splat-transform's file: bytes/Gaussian, PSNR read by splatlab "
+             "| write s | read s |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {Path(r['model']).name} | {r['gaussians']} ({r['sh_degree']}) | {r['format']} "
                      f"| {r['bytes_per_gaussian']:.1f} | {db(r['psnr_splatlab'])} | {db(r['psnr_splat_transform'])} "
+                     f"| {num(r['st_bytes_per_gaussian'])}, {db(r['psnr_st_written'])} "
                      f"| {r['write_s']:.1f} | {r['read_s']:.1f} |")
     return "\n".join(lines)
 
