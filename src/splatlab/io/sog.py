@@ -262,6 +262,15 @@ def read_sog(path: str | os.PathLike) -> Gaussians:
     path = Path(os.fspath(path))
     files = _Files(path)
     meta = _meta(files)
+    try:
+        return _decode(path, files, meta)
+    except (KeyError, IndexError, TypeError, ValueError) as e:
+        if isinstance(e, SogFormatError):
+            raise
+        raise SogFormatError(f"{path}: meta.json does not describe a readable SOG ({type(e).__name__}: {e})") from e
+
+
+def _decode(path: Path, files: _Files, meta: dict) -> Gaussians:
     n = int(meta["count"])
     means_l = files.image(meta["means"]["files"][0], n)[:n, :3].astype(np.float64)
     means_u = files.image(meta["means"]["files"][1], n)[:n, :3].astype(np.float64)

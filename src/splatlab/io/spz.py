@@ -184,7 +184,7 @@ def _split_v4(raw: bytes, where: str) -> tuple[int, int, int, list[bytes]]:
     except ImportError as e:
         raise SpzFormatError(f"{where}: SPZ version 4 needs the 'zstandard' package (pip install zstandard)") from e
     sizes = _block_sizes(n, degree, 4)
-    if streams not in (5, 6) or toc < 32 or toc + 16 * streams > len(raw):
+    if streams not in ((5, 6) if degree == 0 else (6,)) or toc < 32 or toc + 16 * streams > len(raw):
         raise SpzFormatError(f"{where}: SPZ v4 table of contents ({streams} streams at byte {toc}) does not fit "
                              f"the file of {len(raw)} bytes: truncated or corrupt")
     blocks, offset = [], toc + 16 * streams
