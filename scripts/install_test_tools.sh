@@ -12,23 +12,31 @@ SPLAT_TRANSFORM_VERSION="3.7.0"
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 tools="$here/.tools"
 
-bash "$here/scripts/install_test_browser.sh"
+install_splat_transform() {
+    local pkg_json="$tools/node_modules/@playcanvas/splat-transform/package.json"
+    if [ -f "$pkg_json" ] && grep -q "\"version\": \"$SPLAT_TRANSFORM_VERSION\"" "$pkg_json"; then
+        return 0
+    fi
+    if ! command -v npm >/dev/null 2>&1; then
+        echo "install_test_tools.sh: npm not found; install node (>= 18) and npm, then rerun" >&2
+        return 1
+    fi
+    mkdir -p "$tools"
+    [ -f "$tools/package.json" ] || echo '{"private": true}' >"$tools/package.json"
+    local log
+    log="$(mktemp -t install_test_tools.XXXXXX.log)"
+    if ! npm install --prefix "$tools" --no-audit --no-fund --save-exact \
+            "@playcanvas/splat-transform@$SPLAT_TRANSFORM_VERSION" >"$log" 2>&1; then
+        echo "install_test_tools.sh: npm install @playcanvas/splat-transform@$SPLAT_TRANSFORM_VERSION failed:" >&2
+        tail -n 30 "$log" >&2
+        rm -f "$log"
+        return 1
+    fi
+    rm -f "$log"
+}
 
-pkg_json="$tools/node_modules/@playcanvas/splat-transform/package.json"
-if [ -f "$pkg_json" ] && grep -q "\"version\": \"$SPLAT_TRANSFORM_VERSION\"" "$pkg_json"; then
-    exit 0
-fi
-if ! command -v npm >/dev/null 2>&1; then
-    echo "install_test_tools.sh: npm not found; install node (>= 18) and npm, then rerun" >&2
-    exit 1
-fi
-mkdir -p "$tools"
-[ -f "$tools/package.json" ] || echo '{"private": true}' >"$tools/package.json"
-log="$(mktemp -t install_test_tools.XXXXXX.log)"
-trap 'rm -f "$log"' EXIT
-if ! npm install --prefix "$tools" --no-audit --no-fund --save-exact \
-        "@playcanvas/splat-transform@$SPLAT_TRANSFORM_VERSION" >"$log" 2>&1; then
-    echo "install_test_tools.sh: npm install @playcanvas/splat-transform@$SPLAT_TRANSFORM_VERSION failed:" >&2
-    tail -n 30 "$log" >&2
-    exit 1
-fi
+# Both are attempted; the script fails if either did (each says why).
+status=0
+install_splat_transform || status=1
+bash "$here/scripts/install_test_browser.sh" || status=1
+exit $status
