@@ -340,35 +340,51 @@ class Eval:
 
 @dataclass
 class Export:
-    """Export a model as Inria .ply, web-viewer .splat, glTF 2.0 with KHR_gaussian_splatting, or OpenUSD."""
+    """Export a model as Inria .ply, .splat, glTF KHR_gaussian_splatting, OpenUSD, or compressed:
+    Niantic SPZ, PlayCanvas SOG, SuperSplat compressed .ply."""
 
     model: tyro.conf.Positional[Path]
-    """A .ply or a `splatlab train` output folder."""
-    format: Literal["ply", "splat", "gltf", "glb", "usd", "usda", "usdc", "usdz"] = "ply"
-    """ply: Inria 3DGS layout; splat: 32 bytes per Gaussian; gltf/glb: KHR_gaussian_splatting;
-    usd/usda/usdc/usdz: OpenUSD ParticleField3DGaussianSplat (needs splatlab[usd])."""
+    """A model file of any format splatlab reads, or a `splatlab train` output folder."""
+    format: str = "ply"
+    """Any name in splatlab.io.FORMATS: ply (Inria 3DGS layout), splat (32 bytes per Gaussian),
+    gltf/glb (KHR_gaussian_splatting), usd/usda/usdc/usdz (OpenUSD, needs splatlab[usd]),
+    spz (Niantic SPZ v3), sog (PlayCanvas SOG, .sog bundle; an output ending in meta.json writes
+    the unbundled form), compressed.ply (SuperSplat)."""
     output: Optional[Path] = None
     """Output file (default: next to the model, named export.<format>)."""
+    sh_degree: Optional[int] = None
+    """Keep SH bands up to this degree (0-3; default: all the model has)."""
     force: bool = False
     """Overwrite an existing file."""
 
     def run(self) -> int:
-        from .io import export_model
+        from .io import FORMATS, export_model
 
+        fmt = self.format.lower().lstrip(".")
+        problem = None
+        if fmt not in FORMATS:
+            problem = f"unknown --format {self.format!r}; expected one of {', '.join(FORMATS)}"
+        elif self.sh_degree is not None and self.sh_degree not in (0, 1, 2, 3):
+            problem = f"--sh-degree must be 0, 1, 2 or 3, got {self.sh_degree}"
+        if problem:  # a bad argument, not a failure
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
         gaussians, ply, run = _load_model(self.model)
-        out = self.output or (run or ply.parent) / f"export.{self.format}"
+        if self.sh_degree is not None and self.sh_degree < gaussians.sh_degree:
+            gaussians = gaussians.with_sh_degree(self.sh_degree)
+        out = self.output or (run or ply.parent) / f"export.{fmt}"
         if out.exists() and not self.force:
             raise CLIError(f"{out} already exists; pass --force to overwrite it or choose --output")
         out.parent.mkdir(parents=True, exist_ok=True)
-        if self.format.startswith("usd"):  # upAxis from the run's training cameras
+        if fmt.startswith("usd"):  # upAxis from the run's training cameras
             from .edit import model_up, save_model
             from .io.usd import require_usd
 
             require_usd()
-            save_model(out, gaussians, self.format, up=model_up(ply, run))
+            save_model(out, gaussians, fmt, up=model_up(ply, run))
         else:
-            export_model(out, gaussians, self.format)
-        print(f"wrote {len(gaussians)} Gaussians to {out}")
+            export_model(out, gaussians, fmt)
+        print(f"wrote {len(gaussians)} Gaussians (SH degree {gaussians.sh_degree}) to {out}")
         return 0
 
 

@@ -4,6 +4,9 @@
     write_splat / read_splat    32-byte records of the common web viewers (DC colour only, quantised)
     write_gltf / read_gltf      glTF 2.0 + KHR_gaussian_splatting (.glb, or .gltf + .bin)
     write_usd / read_usd        OpenUSD ParticleField3DGaussianSplat (.usd/.usda/.usdc/.usdz; usd-core)
+    write_spz / read_spz        Niantic SPZ (gzip v2/v3 written; v2-v4 read)
+    write_sog / read_sog        PlayCanvas SOG v2 (.sog zip, or meta.json + WebP images)
+    write_compressed_ply / read_compressed_ply   SuperSplat compressed .ply (.compressed.ply)
     FORMATS                     the registry of formats: export_model / read_model dispatch on it
     atomic_write                context manager yielding an open FILE OBJECT whose content replaces
                                 the target on a clean exit (temp file in the same directory, fsync,
@@ -22,9 +25,12 @@ from typing import Callable, Optional
 from ..gaussians import Gaussians
 from .atomic import atomic_write, atomic_write_path
 from .images import save_png, to_uint8
+from .compressed_ply import CompressedPlyFormatError, read_compressed_ply, write_compressed_ply
 from .gltf import GltfFormatError, read_gltf, write_gltf
 from .ply import PlyFormatError, read_ply, write_ply
+from .sog import SogFormatError, read_sog, write_sog
 from .splat import SplatData, SplatFormatError, read_splat, write_splat
+from .spz import SpzFormatError, read_spz, write_spz
 from .usd import UsdFormatError, read_usd, write_usd  # pxr itself is imported only when used
 
 __all__ = [
@@ -32,24 +38,33 @@ __all__ = [
     "FORMATS",
     "ModelFormat",
     "read_model",
+    "CompressedPlyFormatError",
     "GltfFormatError",
     "PlyFormatError",
     "SplatData",
+    "SogFormatError",
     "SplatFormatError",
+    "SpzFormatError",
     "UsdFormatError",
     "atomic_write",
     "atomic_write_path",
     "export_model",
     "format_from_suffix",
+    "read_compressed_ply",
     "read_gltf",
     "read_ply",
+    "read_sog",
     "read_splat",
+    "read_spz",
     "read_usd",
     "save_png",
     "to_uint8",
+    "write_compressed_ply",
     "write_gltf",
     "write_ply",
+    "write_sog",
     "write_splat",
+    "write_spz",
     "write_usd",
 ]
 
@@ -70,7 +85,8 @@ def _read_splat(path: Path) -> Gaussians:
 
 
 # The registry: every command that takes or writes a MODEL goes through it. A format module
-# adds itself with one line here. Order matters only for suffixes claimed twice (first wins).
+# adds itself with one line here. A name ending in two suffixes goes to the longer one
+# (x.compressed.ply is "compressed.ply", not "ply"); the order is the one --help lists.
 FORMATS: dict[str, ModelFormat] = {
     f.name: f
     for f in (
@@ -84,17 +100,23 @@ FORMATS: dict[str, ModelFormat] = {
                       f"OpenUSD UsdVol.ParticleField3DGaussianSplat, {kind} (needs splatlab[usd])")
           for name, kind in (("usd", "binary crate"), ("usda", "text"), ("usdc", "binary crate"),
                              ("usdz", "zip package"))),
+        ModelFormat("spz", (".spz",), write_spz, read_spz, "Niantic SPZ v3 (gzip; v2-v4 read)"),
+        ModelFormat("sog", (".sog", "meta.json"), write_sog, read_sog,
+                    "PlayCanvas SOG: .sog bundle, or meta.json + WebP images beside it"),
+        ModelFormat("compressed.ply", (".compressed.ply",), write_compressed_ply, read_compressed_ply,
+                    "SuperSplat compressed .ply: 256-Gaussian chunks, 16 bytes + 8-bit SH each"),
     )
 }
 EXPORT_FORMATS = tuple(FORMATS)
 
 
 def format_from_suffix(path: str | os.PathLike) -> str:
-    """The registered format whose suffix ends the file name; ValueError for anything else."""
+    """The registered format whose suffix ends the file name (the longest that does: .compressed.ply
+    before .ply); ValueError for anything else."""
     name = Path(os.fspath(path)).name.lower()
-    for fmt in FORMATS.values():
-        if any(name.endswith(suffix) for suffix in fmt.suffixes):
-            return fmt.name
+    matches = [(len(s), fmt.name) for fmt in FORMATS.values() for s in fmt.suffixes if name.endswith(s)]
+    if matches:
+        return max(matches)[1]
     known = ", ".join(s for f in FORMATS.values() for s in f.suffixes)
     raise ValueError(
         f"cannot tell the format of {os.fspath(path)!r} from its suffix {Path(name).suffix!r}: "

@@ -131,6 +131,8 @@ def read_ply(path: str | os.PathLike, device: torch.device | str | None = None) 
     properties, non-float properties, an f_rest count other than 0/9/24/45, NaN/Inf values, or a
     truncated body. Unknown extra properties are ignored; property order does not matter;
     double-precision properties are converted to float32; ASCII and big-endian files are accepted.
+    A SuperSplat compressed .ply (chunk + packed vertex elements) under a plain .ply name is read
+    as one (io.compressed_ply).
     """
     path = Path(os.fspath(path))
     if not path.is_file():
@@ -185,10 +187,13 @@ def read_ply(path: str | os.PathLike, device: torch.device | str | None = None) 
     needed = [name for name in ply_property_names(degree) if name not in ("nx", "ny", "nz")]
     missing = [name for name in needed if name not in props]
     if missing:
-        hint = ""
-        if "chunk" in element_names or any(name.startswith("packed_") for name in props):
-            hint = " (this looks like a compressed PLY, e.g. from SuperSplat/PlayCanvas, which is not supported)"
-        raise PlyFormatError(f"{where}: missing vertex properties: {', '.join(missing)}{hint}")
+        if "chunk" in element_names and "packed_position" in props:  # SuperSplat compressed, named .ply
+            from .compressed_ply import read_compressed_ply
+
+            del vertex, ply
+            g = read_compressed_ply(path)
+            return g.to(device=device) if device is not None else g
+        raise PlyFormatError(f"{where}: missing vertex properties: {', '.join(missing)}")
 
     # --- types: float32 as written by 3DGS; float64 converted; anything else refused ---
     bad_types = []

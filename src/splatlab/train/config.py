@@ -162,6 +162,10 @@ class TrainConfig:
     visual hull of the training alpha masks; "frusta" = where most training views look;
     "box" = anywhere in the box around the cameras. "auto" = hull when the dataset's points are
     random and the images have alpha, else the points (frusta when there are none)."""
+    init_model: Optional[Path] = None
+    """Start from a model file of any format (.ply, .spz, .sog, ...) instead of the dataset's
+    points (its SH bands cut or zero-padded to --sh-degree; no background
+    Gaussians are added)."""
     init_num_random: int = 100_000
     """How many Gaussians "hull", "frusta" and "box" place."""
     background_gaussians: int = 20_000
@@ -192,6 +196,8 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise ConfigError naming the first setting that cannot work."""
         self.data.validate()
+        if self.init_model is not None and not Path(self.init_model).is_file():
+            raise ConfigError(f"--init-model {self.init_model}: no such model file")
         self.optim.validate()
         self.depth.validate()
         positive = {"iterations": self.iterations, "sh-degree-interval": self.sh_degree_interval,

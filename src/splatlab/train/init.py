@@ -27,6 +27,7 @@ its `n` points quickly.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Literal, Optional
 
 import torch
@@ -134,12 +135,27 @@ def _accepted(scene, points: torch.Tensor, carve: bool, min_view_fraction: float
 
 
 def initial_gaussians(scene, region: InitRegion, num_random: int, sh_degree: int, init_opacity: float,
-                      seed: int) -> tuple[Gaussians, str]:
-    """The Gaussians a run starts from, and the region they were placed in (see the module doc)."""
+                      seed: int, init_model: Optional[Path] = None) -> tuple[Gaussians, str]:
+    """The Gaussians a run starts from, and the region they were placed in (see the module doc);
+    `init_model`, a model file of any format, replaces the dataset's points."""
+    if init_model is not None:
+        return model_init(Path(init_model), sh_degree), f"the model {init_model}"
     used = resolve_region(scene, region)
     if used == "points":
         return Gaussians.from_points(scene.points, scene.point_colors, sh_degree, init_opacity), used
     return random_init(scene, num_random, used, sh_degree, init_opacity, generator=torch.Generator().manual_seed(seed))
+
+
+def model_init(path: Path, sh_degree: int) -> Gaussians:
+    """A model file (any format io.read_model reads) at `sh_degree`: higher bands dropped, missing
+    ones zero (what training would have started them at)."""
+    from ..io import read_model
+
+    g = read_model(path)
+    if g.sh_degree >= sh_degree:
+        return g.with_sh_degree(sh_degree)
+    pad = torch.zeros(len(g), num_sh_bases(sh_degree) - 1 - g.shN.shape[1], 3, dtype=g.dtype)
+    return Gaussians(g.means, g.quats, g.log_scales, g.logit_opacities, g.sh0, torch.cat([g.shN, pad], dim=1))
 
 
 # ---- what lies beyond the scene: Gaussians on a sphere ----------------------------------------

@@ -188,9 +188,10 @@ class Run:
         seed_everything(cfg.seed)
         started = time.perf_counter()
         gaussians, region = initial_gaussians(scene, cfg.init_region, cfg.init_num_random, cfg.sh_degree,
-                                              cfg.init_opacity, cfg.seed)
+                                              cfg.init_opacity, cfg.seed, cfg.init_model)
         self._say(f"{len(gaussians)} initial Gaussians from {region}")
-        gaussians = self._with_background(gaussians)
+        if cfg.init_model is None:  # a trained model has its surroundings already
+            gaussians = self._with_background(gaussians)
         strategy_state = self.strategy.initialize_state(scene.extent)
         if "scene_centre" in strategy_state:
             strategy_state["scene_centre"] = background_sphere(scene)[0].float().to(self.device)
