@@ -1,7 +1,7 @@
 """Data-parallel training over views on torch.distributed (gloo for CPU tensors, NCCL for CUDA).
 
 Every process holds the whole model. Each step, each process renders and backpropagates its
-own views; the gradients (one flat buffer, one all-reduce) and the densification statistics
+own views; the gradients (one all-reduce per tensor, in flight together) and the densification statistics
 (screen-space gradient sums and counts: sum; max radii: max) are all-reduced before the
 optimizer step, so every process takes the same Adam step and makes the same clone / split /
 prune / reset decisions from the same numbers: the models never diverge.
@@ -156,9 +156,12 @@ class Group:
     # -- per step ---------------------------------------------------------------------------
 
     def reduce_gradients(self, state) -> None:
-        """Average the gradients of every parameter (and of per-image extras) over the ranks,
-        in one flat buffer and one all-reduce. A gradient is None on every rank or on none
-        (whether a parameter took part depends only on the step's plan, which all share)."""
+        """Average the gradients of every parameter (and of per-image extras) over the ranks:
+        one all-reduce per tensor, in place, all in flight at once. (Packing them into one
+        flat buffer saves a few latencies but costs two copies of the whole gradient, which
+        cost more than the all-reduce on one machine: benchmarks/bench_distributed.py.)
+        A gradient is None on every rank or on none: whether a parameter took part depends
+        only on the step's plan, which all share."""
         if not self.distributed:
             return
         import torch.distributed as dist
@@ -167,11 +170,14 @@ class Group:
         params += [p for module in state.extras.values() for p in vars(module).values()
                    if isinstance(p, torch.nn.Parameter)]  # per-image exposure
         grads = [p.grad for p in params if p.grad is not None]
-        flat = torch.cat([g.reshape(-1) for g in grads])  # [sum of numel]
-        self._call("the gradient all-reduce", lambda: dist.all_reduce(flat))
-        flat.mul_(1.0 / self.world)
-        for g, chunk in zip(grads, flat.split([g.numel() for g in grads])):
-            g.copy_(chunk.view_as(g))
+
+        def reduce():
+            for work in [dist.all_reduce(g, async_op=True) for g in grads]:
+                work.wait()
+
+        self._call("the gradient all-reduce", reduce)
+        for g in grads:
+            g.mul_(1.0 / self.world)
 
     def reduce_statistics(self, sums: list[torch.Tensor], maxima: list[torch.Tensor]) -> None:
         """Densification statistics of this step, in place: `sums` summed, `maxima` max-ed."""
