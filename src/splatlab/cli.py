@@ -171,7 +171,9 @@ class Train:
             Viewer(port=self.viewer_port, cameras=cameras).attach(run)
         result = run.train(resume=self.resume, force=self.force)
         m = result.metrics
-        print(f"{result.reason} after {result.step} iterations: {len(result.gaussians)} Gaussians, "
+        steps = f"{result.step} iterations" if run.batch == 1 else \
+            f"{result.step} steps of {run.batch} views ({result.step * run.batch} iterations)"
+        print(f"{result.reason} after {steps}: {len(result.gaussians)} Gaussians, "
               f"test PSNR {m.get('psnr', float('nan')):.2f} dB, SSIM {m.get('ssim', float('nan')):.4f}")
         print(f"output: {result.output}")
         return 0
