@@ -179,3 +179,27 @@ def test_unreachable_rendezvous_fails_within_the_timeout(data, tmp_path):
     assert r.returncode == 1
     assert "rank 1: could not join the 2 processes at the rendezvous 127.0.0.1" in r.stderr, r.stderr
     assert time.monotonic() - t0 < 60
+
+
+def test_batch_rules_shards_and_step_conversion():
+    from splatlab.train.distributed import Group, ShardSampler, Topology, batch_hyperparameters, convert_steps
+
+    for rule in ("gsplat", "grendel"):
+        assert batch_hyperparameters(1, rule) == (1.0, (0.9, 0.999), 1.0)
+    lr, betas, eps = batch_hyperparameters(4, "gsplat")
+    assert lr == 2.0 and betas == pytest.approx((0.6, 0.996)) and eps == 0.5
+    lr, betas, eps = batch_hyperparameters(4, "grendel")
+    assert lr == 2.0 and betas == pytest.approx((0.9 ** 4, 0.999 ** 4)) and eps == 1.0
+
+    groups = [Group(Topology(r, 3, r, 3), torch.device("cpu")) for r in range(3)]
+    shards = [g.shard(7) for g in groups]
+    assert shards == [[0, 3, 6], [1, 4], [2, 5]]
+    sampler = ShardSampler(shards[0], seed=0, rank=0, world=3)
+    epochs = [sampler.take(step, 3) for step in range(4)]
+    assert all(sorted(e) == [0, 3, 6] for e in epochs)  # each epoch sees every view of the shard once
+    assert ShardSampler(shards[0], 0, 0, 3).take(2, 3) == epochs[2]  # a pure function of the step
+
+    saved = {"batch": 2, "state": {"step": 30},
+             "budget": {"total": 100, "cap": 150, "anchor_step": 10, "mark_step": 20, "next_replan": 40}}
+    convert_steps(saved, 1)  # 2 views per step before, 1 now: the same views seen
+    assert saved["state"]["step"] == 60 and saved["budget"]["total"] == 200 and saved["budget"]["cap"] == 300
