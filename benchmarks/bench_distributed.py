@@ -1,16 +1,17 @@
 """Data-parallel training on one machine (issue 14): all-reduce cost, views/s, quality.
 
     python benchmarks/bench_distributed.py allreduce [--sizes 50000 200000 1000000 3000000]
-    python benchmarks/bench_distributed.py throughput [--iterations 200]
-    python benchmarks/bench_distributed.py quality [--iterations 1000]
+    python benchmarks/bench_distributed.py throughput [--iterations 60] [--downscale 2] [--init 30000]
+    python benchmarks/bench_distributed.py quality [--iterations 500] [--downscale 2] [--init 30000]
     python benchmarks/bench_distributed.py all --json out.json
 
 allreduce: 2 gloo processes (1 thread each) all-reduce the gradients of N Gaussians (SH degree 3:
 59 floats each) as `Group.reduce_gradients` does (one all-reduce per tensor, all in flight),
 packed into one flat buffer (kept between steps), and one blocking all-reduce per tensor;
 milliseconds per step (median of 10 after 2 warm-ups), bytes per step.
-throughput: `splatlab train` on lego_400 with 1 process x 2 threads and with --nproc 2 (1 thread
-each): views per second of training (iterations / the run's training seconds).
+throughput: `splatlab train` on lego_400 with 1 process x 2 threads, 1 process x 1 thread and
+--nproc 2 (1 thread each): views per second while training (log.jsonl, from the first logged
+step to the last: placing the initial Gaussians and compiling are left out).
 quality: the same, a longer run, then validation PSNR at equal views seen (--nproc 2 vs 1 process).
 """
 
@@ -107,11 +108,13 @@ def allreduce(sizes: list[int]) -> list[dict]:
     return rows
 
 
-def train(out: Path, iterations: int, nproc: int, threads: int) -> dict:
-    """One `splatlab train` on lego_400; its metrics.json's last entry and wall time."""
+def train(out: Path, iterations: int, nproc: int, threads: int, downscale: int, init: int) -> dict:
+    """One `splatlab train` on lego_400: views/s while training (from log.jsonl, placing the
+    initial Gaussians left out), and the final validation metrics."""
     cmd = [sys.executable, "-m", "splatlab.cli", "train", str(LEGO), "--output", str(out), "--force",
            "--iterations", str(iterations), "--max-minutes", "None", "--eval-split", "val", "--no-progress",
-           "--save-at", str(iterations), "--eval-at", str(iterations), "--no-save-renders", "--downscale", "1"]
+           "--save-at", str(iterations), "--eval-at", str(iterations), "--no-save-renders",
+           "--downscale", str(downscale), "--init-num-random", str(init)]
     if nproc > 1:
         cmd += ["--nproc", str(nproc)]
     else:
@@ -122,14 +125,20 @@ def train(out: Path, iterations: int, nproc: int, threads: int) -> dict:
     if done.returncode != 0:
         raise RuntimeError(done.stderr[-2000:])
     m = json.loads((out / "metrics.json").read_text())[-1]
+    steps = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if '"event": "step"' in line]
+    first, last = steps[0], steps[-1]  # from the first logged step (after init and warm-up) to the end
+    views_per_s = (last["step"] - first["step"]) * nproc / (last["elapsed"] - first["elapsed"])
     return {"nproc": nproc, "threads_each": threads, "iterations": iterations, "train_s": m["elapsed_seconds"],
-            "views_per_s": iterations / m["elapsed_seconds"], "wall_s": wall, "psnr": m["psnr"],
+            "views_per_s": views_per_s, "wall_s": wall, "psnr": m["psnr"],
             "ssim": m["ssim"], "gaussians": m["num_gaussians"], "command": " ".join(cmd[1:])}
 
 
-def compare(iterations: int, out: Path) -> list[dict]:
+def compare(iterations: int, out: Path, downscale: int, init: int, single_thread: bool = False) -> list[dict]:
     cores = len(os.sched_getaffinity(0))
-    return [train(out / "one", iterations, 1, cores), train(out / "nproc", iterations, 2, max(1, cores // 2))]
+    rows = [train(out / "one", iterations, 1, cores, downscale, init)]
+    if single_thread:  # t_v of one process on its share of the cores, for the speed-up model
+        rows.append(train(out / "one_1thread", iterations, 1, max(1, cores // 2), downscale, init))
+    return rows + [train(out / "nproc", iterations, 2, max(1, cores // 2), downscale, init)]
 
 
 def main() -> int:
@@ -137,6 +146,8 @@ def main() -> int:
     parser.add_argument("what", choices=["allreduce", "throughput", "quality", "all"])
     parser.add_argument("--sizes", type=int, nargs="+", default=[50_000, 200_000, 1_000_000, 3_000_000])
     parser.add_argument("--iterations", type=int, default=None)
+    parser.add_argument("--downscale", type=int, default=2, help="lego_400 at 1/downscale (2: 200x200)")
+    parser.add_argument("--init", type=int, default=30_000, help="initial Gaussians (--init-num-random)")
     parser.add_argument("--output", type=Path, default=ROOT / "outputs" / "bench_distributed")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -148,9 +159,10 @@ def main() -> int:
                   f"({r['GB_per_s']:.2f} GB/s)  flat {r['flat_ms']:7.1f} ms  per tensor {r['per_tensor_ms']:7.1f} ms  "
                   f"step barrier {r['agree_ms']:.3f} ms")
     if args.what in ("throughput", "all"):
-        results["throughput"] = compare(args.iterations or 200, args.output / "throughput")
+        results["throughput"] = compare(args.iterations or 60, args.output / "throughput", args.downscale, args.init,
+                                        single_thread=True)
     if args.what in ("quality", "all"):
-        results["quality"] = compare(args.iterations or 1000, args.output / "quality")
+        results["quality"] = compare(args.iterations or 500, args.output / "quality", args.downscale, args.init)
     for key in ("throughput", "quality"):
         for r in results.get(key, []):
             print(f"{key}: {r['nproc']} proc x {r['threads_each']} threads: {r['views_per_s']:.2f} views/s, "

@@ -76,6 +76,8 @@ def _watch(procs: list[subprocess.Popen], timeout_s: float) -> int:
     failed = failed or _first_failure(procs)
     if failed is None:
         return 0
+    if all(p.returncode == 130 for p in procs):  # Ctrl-C: every process stopped cleanly, rank 0 saved
+        return 130
     rank, code = failed
     print(f"error: training process rank {rank} of {len(procs)} {describe(code)}; the others were stopped. "
           "The last checkpoint is intact: continue with splatlab train --resume --output DIR "
