@@ -340,9 +340,11 @@ def convert_steps(saved: dict, new_batch: int) -> None:
 # ---- evaluation ----------------------------------------------------------------------------
 
 
-def merge_evaluations(parts: list[tuple[list[int], dict]], num_views: int) -> dict:
-    """Each rank's (view indices, evaluate_views result) -> one result over all views, in order."""
-    rows: list[Optional[dict]] = [None] * num_views
+def merge_evaluations(parts: list[tuple[list[int], dict]], views: list) -> dict:
+    """Each rank's (view indices, evaluate_views result) -> one result over all `views`, in order."""
+    from ..metrics import pixels_counted
+
+    rows: list[Optional[dict]] = [None] * len(views)
     for indices, result in parts:
         for i, row in zip(indices, result["per_image"]):
             rows[i] = row
@@ -351,7 +353,7 @@ def merge_evaluations(parts: list[tuple[list[int], dict]], num_views: int) -> di
     for key in ("psnr", "ssim", "psnr_exposure", "lpips"):
         if per_image and all(key in r for r in per_image):
             merged[key] = sum(r[key] for r in per_image) / len(per_image)
-    merged["pixels"] = parts[0][1]["pixels"]
+    merged["pixels"] = pixels_counted(views)
     merged["per_image"] = per_image
     return merged
 

@@ -222,7 +222,8 @@ class Run:
             per_step = self.group.max(self._probe_seconds_per_step() * cfg.batch_size)  # all plan alike
             self.budget = TimeBudget.plan(60.0 * cfg.max_minutes, self.steps, per_step,
                                           self._reserve_seconds(per_step))
-            self._say(f"time budget {cfg.max_minutes:g} min: about {self.budget.total} iterations "
+            unit = "iterations" if self.batch == 1 else f"steps of {self.batch} views"
+            self._say(f"time budget {cfg.max_minutes:g} min: about {self.budget.total} {unit} "
                       f"at {per_step:.3f} s each")
         self._rescale_schedule()
 
@@ -414,7 +415,7 @@ class Run:
         result = evaluate_views(self.state.params.detach(), [views[i] for i in mine], settings, self._lpips,
                                 self.device, save if save_renders else None)
         if self.group.distributed:
-            result = merge_evaluations(self.group.gather((mine, result), "gathering the evaluation"), len(views))
+            result = merge_evaluations(self.group.gather((mine, result), "gathering the evaluation"), views)
             renders = [r for part in self.group.gather(renders, "gathering the test renders") for r in part]
         for i, name, image in sorted(renders, key=lambda r: r[0]):
             self.folder.save_render(i, name, image.float() / 255.0)
