@@ -104,13 +104,45 @@ class Train:
     """Follow training live in the web viewer."""
     viewer_port: int = 8080
     """Port of the live viewer."""
+    nproc: int = 1
+    """Training processes on this machine, data-parallel over the views (docs/distributed.md);
+    under torchrun its variables (RANK, WORLD_SIZE, ...) decide instead."""
+    dist_backend: Literal["auto", "gloo", "nccl"] = "auto"
+    """torch.distributed backend: auto = NCCL for CUDA, gloo for CPU."""
+    dist_timeout: float = 300.0
+    """Seconds a process waits for the others (rendezvous and each collective) before failing."""
 
     def run(self) -> int:
+        from .train import distributed
+
+        topology = distributed.env_topology()
+        if self.nproc < 1:
+            raise ConfigError(f"--nproc must be >= 1, got {self.nproc}")
+        if not self.dist_timeout > 0:
+            raise ConfigError(f"--dist-timeout must be a positive number of seconds, got {self.dist_timeout}")
+        if topology is None and self.nproc > 1:
+            from .train.launch import launch
+
+            self.resolve_config()  # bad arguments fail here, once, before any process starts
+            return launch(self.nproc, _ARGV, self.dist_timeout)
+        if topology is None or topology.world == 1:
+            return self.train(None)
+        if self.config.render.num_threads is None:
+            distributed.set_threads(distributed.threads_per_process(topology.local_world))
+        group = distributed.setup(topology, self.config.device, self.dist_backend, self.dist_timeout)
+        try:
+            return self.train(group)
+        finally:
+            distributed.teardown()
+
+    def train(self, group) -> int:
         from .train.console import ConsoleReporter
+        from .train.distributed import dataset_fingerprint
         from .train.logging import default_loggers
         from .train.outputs import RunFolder
         from .train.run import Run
 
+        main_rank = group is None or group.is_main
         cfg = self.resolve_config()
         RunFolder(cfg.output).check(self.resume, self.force)  # before the dataset loads
         if cfg.data.downscale is None:
@@ -118,10 +150,17 @@ class Train:
             from .train.auto import choose_downscale
 
             choice = choose_downscale(*peek_image_size(cfg.data.path), cfg.device, cfg.max_minutes)
-            print(f"info: {choice.reason}", file=sys.stderr)
+            if main_rank:
+                print(f"info: {choice.reason}", file=sys.stderr)
             cfg = replace(cfg, data=replace(cfg.data, downscale=choice.downscale))
-        scene = load_training_scene(cfg)
-        run = Run(cfg, scene)
+        scene = load_training_scene(cfg, verbose=main_rank)
+        if group is not None:  # every process trains the same config on the same dataset
+            group.check_same({"config": replace(cfg, progress=True).to_dict(), "dataset": dataset_fingerprint(scene),
+                              "launch": {"backend": group.backend, "timeout": self.dist_timeout}})
+        run = Run(cfg, scene, group)
+        if not main_rank:  # rank 0 alone reports and logs
+            run.train(resume=self.resume, force=self.force)
+            return 0
         run.subscribe(ConsoleReporter(progress=cfg.progress))
         for logger in default_loggers(run.output):
             run.subscribe(logger)
@@ -132,7 +171,9 @@ class Train:
             Viewer(port=self.viewer_port, cameras=cameras).attach(run)
         result = run.train(resume=self.resume, force=self.force)
         m = result.metrics
-        print(f"{result.reason} after {result.step} iterations: {len(result.gaussians)} Gaussians, "
+        steps = f"{result.step} iterations" if run.batch == 1 else \
+            f"{result.step} steps of {run.batch} views ({result.step * run.batch} iterations)"
+        print(f"{result.reason} after {steps}: {len(result.gaussians)} Gaussians, "
               f"test PSNR {m.get('psnr', float('nan')):.2f} dB, SSIM {m.get('ssim', float('nan')):.4f}")
         print(f"output: {result.output}")
         return 0
@@ -159,13 +200,14 @@ class Train:
         return cfg
 
 
-def load_training_scene(cfg: TrainConfig):
+def load_training_scene(cfg: TrainConfig, verbose: bool = True):
     """config -> scene: the dataset as the config says to load it."""
     from .data import load_scene
 
     data = cfg.data
     scene = load_scene(data.path, downscale=data.downscale or 1, test_every=data.test_every,
-                       eval_split=data.eval_split, device=cfg.device if data.images_on_device else None)
+                       eval_split=data.eval_split, device=cfg.device if data.images_on_device else None,
+                       verbose=verbose)
     if data.masks == "off":
         for view in scene.train + scene.test:
             view.mask = None
@@ -617,7 +659,12 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     print(f"warning: {message}", file=file or sys.stderr)
 
 
+_ARGV: list[str] = []  # this command line, for the processes `train --nproc` starts
+
+
 def main(argv: list[str] | None = None) -> int:
+    global _ARGV
+    _ARGV = list(sys.argv[1:] if argv is None else argv)
     warnings.showwarning = _show_warning  # `warning: ...` lines, not Python's source-line format
     command = tyro.extras.subcommand_cli_from_dict(
         COMMANDS, prog="splatlab", description="3D Gaussian Splatting in Python.", args=argv
@@ -628,7 +675,8 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except ConfigError as exc:  # a setting that cannot work: a bad argument
-        print(f"error: {exc}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # the other processes of a run met the same one
+            print(f"error: {exc}", file=sys.stderr)
         return 2
     except (CLIError, ValueError, FileNotFoundError, RuntimeError, OSError) as exc:
         if os.environ.get("SPLATLAB_DEBUG"):

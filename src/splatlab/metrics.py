@@ -91,11 +91,15 @@ def evaluate_views(gaussians, views, settings, lpips: "LPIPS | None" = None, dev
     for key in ("psnr", "ssim", "psnr_exposure", "lpips"):
         if per_image and key in per_image[0]:
             result[key] = sum(r[key] for r in per_image) / len(per_image)
-    masked = sum(v.mask is not None for v in views)
-    result["pixels"] = ("all pixels" if masked == 0 else
-                        f"masked pixels (the dataset's masks) in {masked} of {len(views)} views")
+    result["pixels"] = pixels_counted(views)
     result["per_image"] = per_image
     return result
+
+
+def pixels_counted(views) -> str:
+    """Which pixels an evaluation of `views` counts, in words."""
+    masked = sum(v.mask is not None for v in views)
+    return "all pixels" if masked == 0 else f"masked pixels (the dataset's masks) in {masked} of {len(views)} views"
 
 
 class LPIPS:

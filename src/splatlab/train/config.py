@@ -131,7 +131,13 @@ class TrainConfig:
     output: Optional[Path] = None
     """Output folder; default outputs/<dataset name>."""
     iterations: int = 30_000
-    """Optimisation steps (one camera per step)."""
+    """Optimisation steps of one view each. A step of B views (processes x batch size) counts
+    as B of them: the run takes iterations / B steps, its schedule scaled to match."""
+    batch_size: int = 1
+    """Views per step in each process; their losses are averaged. Learning rates follow --batch-rule."""
+    batch_rule: Literal["gsplat", "grendel"] = "gsplat"
+    """Adam for a batch of B views: "gsplat": lr x sqrt(B), betas 1 - B(1 - beta), eps / sqrt(B);
+    "grendel": lr x sqrt(B), betas beta^B (Zhao et al. 2024). B = 1: plain 3DGS."""
     max_minutes: Optional[float] = 15.0
     """Wall-clock budget in minutes (training, saving and the final evaluation): the schedule
     (lr decay, densification, SH ramp) is scaled to the iterations that fit, estimated from the
@@ -201,7 +207,8 @@ class TrainConfig:
         self.optim.validate()
         self.depth.validate()
         positive = {"iterations": self.iterations, "sh-degree-interval": self.sh_degree_interval,
-                    "checkpoint-every": self.checkpoint_every, "init-num-random": self.init_num_random}
+                    "checkpoint-every": self.checkpoint_every, "init-num-random": self.init_num_random,
+                    "batch-size": self.batch_size}
         for name, value in positive.items():
             if value < 1:
                 raise ConfigError(f"--{name} must be >= 1, got {value}")

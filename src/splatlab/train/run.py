@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import signal
 import threading
 import time
@@ -27,10 +28,11 @@ from ..gaussians import Gaussians
 from ..metrics import LPIPS, evaluate_views
 from ..render import RenderSettings
 from .budget import TimeBudget
+from .distributed import Group, SharedFolder, ShardSampler, apply_batch_rule, convert_steps, merge_evaluations
 from .config import ConfigError, TrainConfig
 from .events import EndEvent, EvalEvent, EventBus, MessageEvent, SnapshotEvent, StepEvent, Subscriber
 from .init import background_gaussians, background_sphere, initial_gaussians
-from .optim import means_lr_at
+from .optim import base_lrs, means_lr_at
 from .outputs import RunFolder
 from .schedule import exp_decay, resolution_divisor, sh_degree_at
 from .state import TrainState, seed_everything
@@ -111,10 +113,14 @@ def default_output(scene: Scene) -> Path:
 
 
 class Run:
-    def __init__(self, config: TrainConfig, scene: Scene) -> None:
+    def __init__(self, config: TrainConfig, scene: Scene, group: Optional[Group] = None) -> None:
         config.validate()
         if not scene.train:
             raise TrainingError(f"the scene at {scene.path} has no training views")
+        self.group = group or Group.single(config.device)
+        if self.group.world > len(scene.train):
+            raise ConfigError(f"{self.group.world} processes but the scene at {scene.path} has only "
+                              f"{len(scene.train)} training views: use at most --nproc {len(scene.train)}")
         if config.random_background and (scene.background is None or any(v.alpha is None for v in scene.train)):
             raise ConfigError(
                 "--random-background needs training images with an alpha channel composited over a known "
@@ -122,10 +128,16 @@ class Run:
             )
         self.config, self.scene = config, scene
         self.folder = RunFolder(config.output or default_output(scene))
-        self.device = torch.device(config.device)
+        self.device = self.group.device if self.group.distributed else torch.device(config.device)
+        self.batch = config.batch_size * self.group.world  # views per step, all processes together
+        self.shard = ShardSampler(self.group.shard(len(scene.train)), config.seed, self.group.rank, self.group.world)
+        if self.group.distributed:  # rank 0 alone writes; the others get what it reads
+            self.folder = SharedFolder(self.folder, self.group)
         self.background = tuple(scene.background or config.render.background)
         self.events = EventBus()
         self.strategy = make_strategy(config.strategy)
+        if self.group.distributed and hasattr(self.strategy, "reduce_statistics"):
+            self.strategy.reduce_statistics = self.group.reduce_statistics
         self.mask_mode = resolve_mask_mode(scene, config.data.masks)
         self.losses = LossSettings(config.ssim_lambda, config.exposure if self.uses_exposure else None, scene.extent)
         self.state: Optional[TrainState] = None
@@ -153,11 +165,16 @@ class Run:
         return None if self.state is None else self.state.params.detach()
 
     @property
+    def steps(self) -> int:
+        """Steps of the nominal schedule: one view per iteration, `batch` views per step."""
+        return max(1, math.ceil(self.config.iterations / self.batch))
+
+    @property
     def total(self) -> int:
-        return self.budget.total if self.budget is not None else self.config.iterations
+        return self.budget.total if self.budget is not None else self.steps
 
     def progress(self, step: int) -> float:
-        return self.budget.progress(step) if self.budget is not None else step / self.config.iterations
+        return self.budget.progress(step) if self.budget is not None else step / self.steps
 
     # ---- start -------------------------------------------------------------------------------
 
@@ -197,15 +214,17 @@ class Run:
             strategy_state["scene_centre"] = background_sphere(scene)[0].float().to(self.device)
         self.state = TrainState.create(gaussians, cfg.optim, scene.extent, strategy_state,
                                        len(scene.train), cfg.seed, self.device)
+        self._apply_batch_rule()
         self._add_extras()
         self.elapsed = time.perf_counter() - started  # placing the Gaussians is part of the run
         if self.mask_mode != "off":
             self._say(self._mask_message())
         if cfg.max_minutes is not None:
-            per_step = self._probe_seconds_per_step()
-            self.budget = TimeBudget.plan(60.0 * cfg.max_minutes, cfg.iterations, per_step,
+            per_step = self.group.max(self._probe_seconds_per_step() * cfg.batch_size)  # all plan alike
+            self.budget = TimeBudget.plan(60.0 * cfg.max_minutes, self.steps, per_step,
                                           self._reserve_seconds(per_step))
-            self._say(f"time budget {cfg.max_minutes:g} min: about {self.budget.total} iterations "
+            unit = "iterations" if self.batch == 1 else f"steps of {self.batch} views"
+            self._say(f"time budget {cfg.max_minutes:g} min: about {self.budget.total} {unit} "
                       f"at {per_step:.3f} s each")
         self._rescale_schedule()
 
@@ -217,10 +236,12 @@ class Run:
         self.state = TrainState.create(Gaussians.empty(self.config.sh_degree), self.config.optim,
                                        self.scene.extent, {}, len(self.scene.train), self.config.seed, self.device)
         self._add_extras()
+        self.folder.truncate_log(saved["state"]["step"])  # in the steps the log was written in
+        convert_steps(saved, self.batch)  # resumed with another number of processes or batch size
         self.state.load_state_dict(saved["state"], self.config.optim, self.scene.extent, self.device)
+        self._apply_batch_rule()
         self.budget = None if saved["budget"] is None else TimeBudget.from_state_dict(saved["budget"])
         self.elapsed, self.history = saved["elapsed"], saved["history"]
-        self.folder.truncate_log(self.state.step)
         self._rescale_schedule()
         self._say(f"resumed from step {self.state.step} ({self.elapsed / 60:.1f} min trained)")
 
@@ -252,9 +273,14 @@ class Run:
         if self.uses_exposure:
             self.state.extras["exposure"] = Exposure(len(self.scene.train), self.device)
 
+    def _apply_batch_rule(self) -> None:
+        cfg = self.config
+        apply_batch_rule(self.state.optimizers, base_lrs(cfg.optim, self.scene.extent), cfg.optim.eps,
+                         self.batch, cfg.batch_rule)
+
     def _rescale_schedule(self) -> None:
-        """The strategy's iteration counts follow the planned length of the run."""
-        scale = 1.0 if self.budget is None else self.budget.scale
+        """The strategy's iteration counts follow the planned length of the run (in steps)."""
+        scale = self.total / self.config.iterations
         self.strategy.config = self.config.strategy.scaled(scale) if scale != 1.0 else self.config.strategy
 
     # ---- the loop ----------------------------------------------------------------------------
@@ -266,17 +292,18 @@ class Run:
         while state.step < self.total:
             clock = time.perf_counter()
             result = train_step(state, self.strategy, self._batch(), self._plan(state.step + 1),
-                                self._settings(), self.losses)
+                                self._settings(), self.losses, self.group.reduce_gradients)
             self.elapsed += time.perf_counter() - clock
-            if self._stop.requested:
+            self.elapsed, stop = self.group.agree(self.elapsed, self._stop.requested)  # same plan on all ranks
+            if stop:
                 raise KeyboardInterrupt
             if state.step % LOG_EVERY == 0 or result.messages or state.step == self.total:
                 since_log = self._report(result, since_log)
-            if state.step in cfg.save_at and state.step != self.total:
+            if self._due(cfg.save_at) and state.step != self.total:
                 self._save_ply()
-            if state.step in cfg.eval_at and state.step != self.total:
+            if self._due(cfg.eval_at) and state.step != self.total:
                 self.evaluate(save_renders=False)
-            if state.step % cfg.checkpoint_every == 0 or time.monotonic() - last_checkpoint > 60 * cfg.checkpoint_minutes:
+            if self._due_every(cfg.checkpoint_every) or time.monotonic() - last_checkpoint > 60 * cfg.checkpoint_minutes:
                 if state.step != self.total:
                     self._save_checkpoint()
                     last_checkpoint = time.monotonic()
@@ -288,13 +315,22 @@ class Run:
                     self._rescale_schedule()
         return "completed"
 
+    def _due(self, iterations: tuple[int, ...]) -> bool:
+        """Whether this step passed one of `iterations` (counted in views: `batch` per step)."""
+        seen = self.state.step * self.batch
+        return any(seen - self.batch < i <= seen for i in iterations)
+
+    def _due_every(self, every: int) -> bool:
+        seen = self.state.step * self.batch
+        return seen // every > (seen - self.batch) // every
+
     def _plan(self, iteration: int) -> StepPlan:
         cfg = self.config
         progress = self.progress(iteration - 1)
         return StepPlan(
             iteration=iteration,
             progress=progress,
-            means_lr=means_lr_at(progress, cfg.optim, self.scene.extent),
+            means_lr=means_lr_at(progress, cfg.optim, self.scene.extent) * math.sqrt(self.batch),
             sh_degree=sh_degree_at(progress, cfg.iterations, cfg.sh_degree_interval, cfg.sh_degree),
             depth_weight=exp_decay(cfg.depth.weight, cfg.depth.weight_final, progress) if cfg.depth.weight > 0 else 0.0,
             divisor=resolution_divisor(progress, cfg.coarse_to_fine),
@@ -304,7 +340,14 @@ class Run:
         return dataclasses.replace(self.config.render, absgrad=self.strategy.config.needs_absgrad, render_depth=False)
 
     def _batch(self) -> list[StepView]:
-        index = self.state.sampler.next()
+        """This process's views of the step: from the whole set with one process, else from its shard."""
+        if self.group.distributed:
+            indices = self.shard.take(self.state.step, self.config.batch_size)
+        else:
+            indices = self.state.sampler.take(self.config.batch_size)
+        return [self._step_view(i) for i in indices]
+
+    def _step_view(self, index: int) -> StepView:
         view = self.scene.train[index]
         target = view.image_float(self.device)  # [H, W, 3]
         background = self.background
@@ -325,7 +368,7 @@ class Run:
             step_view.inv_depth = None if view.inv_depth is None else view.inv_depth.to(self.device)
             if step_view.inv_depth is None and self.config.depth.sparse:
                 step_view.depth_points = self._sparse_depth(view, camera)
-        return [step_view]
+        return step_view
 
     def _sparse_depth(self, view, camera) -> Optional[torch.Tensor]:
         """[K, 3] (u, v, z) of the SfM points `view` observed that land inside its image."""
@@ -363,12 +406,20 @@ class Run:
         settings = dataclasses.replace(self.config.render, background=self.background, sh_degree=None)
         if self._lpips is None:
             self._lpips = LPIPS()
+        mine = self.group.shard(len(views))  # each process evaluates its share; rank 0 gathers
+        renders = []
 
-        def save(i, view, image):  # render | ground truth
-            self.folder.save_render(i, view.name, torch.cat([image, view.image_float(self.device)], dim=1))
+        def save(i, view, image):  # render | ground truth, as uint8 on the host
+            both = torch.cat([image, view.image_float(self.device)], dim=1)
+            renders.append((mine[i], view.name, (both.clamp(0, 1) * 255).round().to(torch.uint8).cpu()))
 
-        result = evaluate_views(self.state.params.detach(), views, settings, self._lpips, self.device,
-                                save if save_renders else None)
+        result = evaluate_views(self.state.params.detach(), [views[i] for i in mine], settings, self._lpips,
+                                self.device, save if save_renders else None)
+        if self.group.distributed:
+            result = merge_evaluations(self.group.gather((mine, result), "gathering the evaluation"), views)
+            renders = [r for part in self.group.gather(renders, "gathering the test renders") for r in part]
+        for i, name, image in sorted(renders, key=lambda r: r[0]):
+            self.folder.save_render(i, name, image.float() / 255.0)
         metrics = {"step": self.state.step, "num_gaussians": len(self.state.params),
                    "num_test_views": len(views), "elapsed_seconds": self.elapsed, **result}
         if not self._lpips.available:
@@ -397,8 +448,10 @@ class Run:
         if bad is not None:  # never overwrite a good checkpoint with a broken one
             raise TrainingError(f"parameter {bad} has NaN/Inf at iteration {self.state.step}; the last good "
                                 f"checkpoint is {self.folder.checkpoint_path}")
+        if not self.group.is_main:
+            return
         self.folder.save_checkpoint({
-            "config": self.config.to_dict(), "state": self.state.state_dict(),
+            "config": self.config.to_dict(), "state": self.state.state_dict(), "batch": self.batch,
             "budget": None if self.budget is None else self.budget.state_dict(),
             "elapsed": self.elapsed, "history": self.history,
         })  # fmt: skip
