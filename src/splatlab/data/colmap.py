@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -276,7 +277,44 @@ def load_colmap(
     images_dir = images_dir or root / "images"
     if not images_dir.is_dir():
         raise DatasetError(f"{images_dir}: images folder not found (COLMAP datasets keep their images in images/)")
+    source_dir, source_factor, masks_dir = _image_folders(root, images_dir, opts, downscaled_folders)
+    registered = _registered_images(recon, model_dir, source_dir, opts)
+    jobs = _load_jobs(recon, registered, source_dir, source_factor, masks_dir)
+    any_distorted = any(job.distorted for job in jobs)
+    cache = None
+    if any_distorted:
+        folder = cache_folder(opts.cache_root, root, source_dir)
+        cache = UndistortCache(folder)
+        log(opts.verbose, f"undistorting {sum(j.distorted for j in jobs)} images to pinhole"
+            + (f" (cache: {folder})" if folder is not None else " (no cache)"))
 
+    todo = opts.downscale if source_factor == 1 else 1  # downscale still to apply to what is read
+    loaded = parallel_map(lambda job: _load_one(job, cache, todo, opts.background), jobs,
+                          desc=f"loading {len(jobs)} images", verbose=opts.verbose)
+    if cache is not None:
+        log(opts.verbose, f"undistortion cache: {cache.hits} reused, {cache.misses} computed")
+    views = [make_view(cam, img, job.image.name, mask, opts.device)
+             for (cam, img, mask, _), job in zip(loaded, jobs)]
+    train_idx, test_idx = split_by_name([v.name for v in views], opts.test_every)
+    points_t, colors_t = _sfm_points(recon, model_dir, views, jobs, opts)
+    if (root / "depths").is_dir() and any_distorted:
+        warn(f"{root / 'depths'}: depth maps of a dataset with lens distortion are not undistorted here; "
+             "ignored (undistort the dataset first, as 3DGS's convert.py does)")
+    elif len(recon.points3D) > 0:
+        attach_depth_maps(root, model_dir, views, points_t)
+    details = dict(info or {})
+    details.update(model_dir=str(model_dir), images_dir=str(source_dir), undistorted=any_distorted,
+                   masks=masks_dir is not None)
+    if cache is not None:
+        details["undistort_cache"] = {"folder": str(cache.folder), "reused": cache.hits, "computed": cache.misses}
+    any_alpha = any(has_alpha for *_, has_alpha in loaded)
+    return build_scene([views[i] for i in train_idx], [views[i] for i in test_idx], points_t, colors_t,
+                       background=opts.background if any_alpha else None, kind=kind, path=root, opts=opts,
+                       info=details)
+
+
+def _image_folders(root: Path, images_dir: Path, opts: LoadOptions, downscaled_folders: bool):
+    """(folder the images are read from, the downscale already applied to it, masks folder or None)."""
     n = opts.downscale
     source_dir, source_factor = images_dir, 1
     if n > 1 and downscaled_folders and (images_dir.parent / f"{images_dir.name}_{n}").is_dir():
@@ -290,7 +328,11 @@ def load_colmap(
     if masks_dir is not None and source_factor > 1 and masks_dir.name == "masks":
         masks_dir = None  # full-size masks do not fit pre-downscaled images
         warn(f"{root}: ignoring masks/ because images come from {source_dir.name}/ and there is no masks_{n}/")
+    return source_dir, source_factor, masks_dir
 
+
+def _registered_images(recon, model_dir: Path, source_dir: Path, opts: LoadOptions) -> list:
+    """The model's posed images that exist on disk, sorted by name (missing ones warned about)."""
     registered = sorted((im for im in recon.images.values() if im.has_pose), key=lambda im: im.name)
     if len(registered) < len(recon.images):
         log(opts.verbose, f"{model_dir}: {len(recon.images) - len(registered)} images have no pose and are left out")
@@ -303,11 +345,21 @@ def load_colmap(
         registered = [im for im in registered if (source_dir / im.name).is_file()]
         if not registered:
             raise DatasetError(f"{source_dir}: none of the images of the COLMAP model {model_dir} exist")
+    return registered
 
-    # Cheap header checks first: a wrong image size fails before any decoding or undistortion.
-    jobs = []
-    any_distorted = False
-    masks_missing = []
+
+@dataclass
+class _Job:
+    image: object  # pycolmap.Image
+    path: Path
+    camera: object  # pycolmap.Camera at the resolution of the file
+    mask_path: Path | None
+    distorted: bool
+
+
+def _load_jobs(recon, registered: list, source_dir: Path, source_factor: int, masks_dir: Path | None) -> list[_Job]:
+    """One job per image, after cheap header checks: a wrong image size fails before any decoding."""
+    jobs, masks_missing = [], []
     for im in registered:
         path = source_dir / im.name
         col_cam = recon.cameras[im.camera_id]
@@ -320,97 +372,57 @@ def load_colmap(
         mask_path = _find_mask(masks_dir, im.name)
         if masks_dir is not None and mask_path is None:
             masks_missing.append(im.name)
-        distorted = is_distorted(cam)
-        any_distorted |= distorted
-        jobs.append((im, path, cam, mask_path, distorted))
+        jobs.append(_Job(im, path, cam, mask_path, is_distorted(cam)))
     if masks_missing:
-        _warn_unmatched_masks(masks_dir, masks_missing, {j[3] for j in jobs if j[3] is not None})
+        _warn_unmatched_masks(masks_dir, masks_missing, {j.mask_path for j in jobs if j.mask_path is not None})
+    return jobs
 
-    cache = None
-    if any_distorted:
-        folder = cache_folder(opts.cache_root, root, source_dir)
-        cache = UndistortCache(folder)
-        log(opts.verbose, f"undistorting {sum(j[4] for j in jobs)} images to pinhole"
-            + (f" (cache: {folder})" if folder is not None else " (no cache)"))
 
-    background = opts.background
-    alpha_seen = []
-
-    def load_one(job):
-        im, path, cam, mask_path, distorted = job
-        todo = n if source_factor == 1 else 1  # downscale still to apply to what is read
-        if distorted:  # undistorted at the stored resolution, then downscaled (and cached so)
-            image, mask, intr = cache.load(UndistortJob(im.name, path, cam, mask_path), todo)
-            todo = 1
-        else:
-            image = read_image(path)
-            mask = None if mask_path is None else read_mask(mask_path)
-            intr = pinhole_of(cam)
-            if (image.shape[1], image.shape[0]) != (intr.width, intr.height):
-                raise DatasetError(
-                    f"{path}: image is {image.shape[1]}x{image.shape[0]} pixels but its camera expects "
-                    f"{intr.width}x{intr.height}"
-                )
-            if mask is not None and mask.shape != image.shape[:2]:
-                raise DatasetError(
-                    f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} pixels but its image "
-                    f"{path.name} is {image.shape[1]}x{image.shape[0]}"
-                )
-        camera = Camera(intr.fx, intr.fy, intr.cx, intr.cy, _viewmat(im), intr.width, intr.height, im.name)
-        data = image
-        if image.shape[-1] == 4:
-            alpha_seen.append(im.name)
-            data = composite(image, background) if background is not None else image[..., :3]
-        if todo > 1:
-            size = downscaled_size(camera.width, camera.height, todo)
-            data = resize_area(data, size)
-            mask = None if mask is None else resize_area(mask, size)
-            camera = rescale_camera(camera, *size)
-        return camera, to_uint8(data), mask
-
-    loaded = parallel_map(load_one, jobs, desc=f"loading {len(jobs)} images", verbose=opts.verbose)
-    if cache is not None:
-        log(opts.verbose, f"undistortion cache: {cache.hits} reused, {cache.misses} computed")
-    views = [make_view(cam, img, job[0].name, mask, opts.device) for (cam, img, mask), job in zip(loaded, jobs)]
-    train_idx, test_idx = split_by_name([v.name for v in views], opts.test_every)
-
-    pts = recon.points3D
-    if len(pts) > 0:
-        points = np.empty((len(pts), 3), dtype=np.float64)
-        colors = np.empty((len(pts), 3), dtype=np.float64)
-        row_of = {}
-        for i, (pid, p) in enumerate(pts.items()):
-            points[i] = p.xyz
-            colors[i] = p.color
-            row_of[pid] = i
-        points_t = torch.from_numpy(points).float()  # [P, 3]
-        colors_t = torch.from_numpy(colors / 255.0).float()  # [P, 3]
-        for view, job in zip(views, jobs):  # which SfM points each view saw: sparse depth for training
-            ids = [row_of[p.point3D_id] for p in job[0].points2D if p.has_point3D() and p.point3D_id in row_of]
-            view.point_ids = torch.tensor(ids, dtype=torch.int64)
+def _load_one(job: _Job, cache, todo: int, background):
+    """(pinhole Camera, uint8 image [H, W, 3], mask or None, whether the file had alpha)."""
+    if job.distorted:  # undistorted at the stored resolution, then downscaled (and cached so)
+        image, mask, intr = cache.load(UndistortJob(job.image.name, job.path, job.camera, job.mask_path), todo)
+        todo = 1
     else:
+        image = read_image(job.path)
+        mask = None if job.mask_path is None else read_mask(job.mask_path)
+        intr = pinhole_of(job.camera)
+        if (image.shape[1], image.shape[0]) != (intr.width, intr.height):
+            raise DatasetError(f"{job.path}: image is {image.shape[1]}x{image.shape[0]} pixels but its camera "
+                               f"expects {intr.width}x{intr.height}")
+        if mask is not None and mask.shape != image.shape[:2]:
+            raise DatasetError(f"{job.mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} pixels but its image "
+                               f"{job.path.name} is {image.shape[1]}x{image.shape[0]}")
+    camera = Camera(intr.fx, intr.fy, intr.cx, intr.cy, _viewmat(job.image), intr.width, intr.height, job.image.name)
+    has_alpha = image.shape[-1] == 4
+    data = image
+    if has_alpha:
+        data = composite(image, background) if background is not None else image[..., :3]
+    if todo > 1:
+        size = downscaled_size(camera.width, camera.height, todo)
+        data = resize_area(data, size)
+        mask = None if mask is None else resize_area(mask, size)
+        camera = rescale_camera(camera, *size)
+    return camera, to_uint8(data), mask, has_alpha
+
+
+def _sfm_points(recon, model_dir: Path, views: list, jobs: list[_Job], opts: LoadOptions):
+    """(points [P, 3], colours [P, 3] in [0, 1]) of the model, and each view's observed point ids;
+    random points around where the cameras look when the model has none."""
+    pts = recon.points3D
+    if len(pts) == 0:
         warn(f"{model_dir}: the COLMAP model has no 3D points; initialising from random points instead")
         from .nerfstudio import lookat_box_points
 
-        points_t, colors_t = lookat_box_points([v.camera for v in views], opts)
-    if (root / "depths").is_dir() and any_distorted:
-        warn(f"{root / 'depths'}: depth maps of a dataset with lens distortion are not undistorted here; "
-             "ignored (undistort the dataset first, as 3DGS's convert.py does)")
-    elif len(pts) > 0:
-        attach_depth_maps(root, model_dir, views, points_t)
-    details = dict(info or {})
-    details.update(model_dir=str(model_dir), images_dir=str(source_dir), undistorted=any_distorted,
-                   masks=masks_dir is not None)
-    if cache is not None:
-        details["undistort_cache"] = {"folder": str(cache.folder), "reused": cache.hits, "computed": cache.misses}
-    return build_scene(
-        [views[i] for i in train_idx],
-        [views[i] for i in test_idx],
-        points_t,
-        colors_t,
-        background=background if alpha_seen else None,
-        kind=kind,
-        path=root,
-        opts=opts,
-        info=details,
-    )
+        return lookat_box_points([v.camera for v in views], opts)
+    points = np.empty((len(pts), 3), dtype=np.float64)
+    colors = np.empty((len(pts), 3), dtype=np.float64)
+    row_of = {}
+    for i, (pid, p) in enumerate(pts.items()):
+        points[i] = p.xyz
+        colors[i] = p.color
+        row_of[pid] = i
+    for view, job in zip(views, jobs):  # which SfM points each view saw: sparse depth for training
+        ids = [row_of[p.point3D_id] for p in job.image.points2D if p.has_point3D() and p.point3D_id in row_of]
+        view.point_ids = torch.tensor(ids, dtype=torch.int64)
+    return torch.from_numpy(points).float(), torch.from_numpy(colors / 255.0).float()  # [P, 3], [P, 3]

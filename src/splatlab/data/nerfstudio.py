@@ -163,113 +163,23 @@ def load_nerfstudio(json_path: Path, opts: LoadOptions) -> Scene:
     root = json_path.parent
     data = read_json(json_path)
     frames = get_frames(json_path, data)
-    n = opts.downscale
+    items, missing = _existing_frames(json_path, root, frames)
     top = {k: data[k] for k in _INTRINSIC_KEYS if k in data}
-
-    items, missing = [], []
-    for i, frame in enumerate(frames):
-        rel = str(frame["file_path"])
-        full = resolve_image(root, rel, extensions=(".png", ".jpg", ".jpeg"))
-        if not full.is_file():
-            missing.append(rel)
-            continue
-        items.append((i, frame, rel, full))
-    if missing:
-        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
-        warn(f"{json_path}: {len(missing)} of {len(frames)} frames have no image file and are skipped: {shown}")
-    if not items:
-        raise DatasetError(f"{json_path}: none of the {len(frames)} frames' images exist (e.g. {missing[0]})")
-
-    jobs = []
-    any_distorted = False
-    for i, frame, rel, full in items:
-        intr = dict(top)
-        intr.update({k: frame[k] for k in _INTRINSIC_KEYS if k in frame})
-        c2w = parse_c2w(json_path, i, frame["transform_matrix"])
-        fw, fh = image_size(full)
-        width = int(intr["w"]) if intr.get("w") is not None else fw
-        height = int(intr["h"]) if intr.get("h") is not None else fh
-        check_image_size(full, (fw, fh), (width, height), what=f"{json_path.name} (w={width}, h={height})")
-        pinhole, distorted = _pycolmap_camera(json_path, i, intr, width, height)
-        source, source_factor = full, 1
-        small = resolve_downscaled_path(root, rel, n) if n > 1 else None
-        if small is not None:
-            sw, sh = image_size(small)
-            check_image_size(small, (sw, sh), (width, height), downscale=n, what=f"{json_path.name} (w={width}, h={height})")
-            source, source_factor = small, n
-        mask = None
-        if frame.get("mask_path"):
-            mask = root / str(frame["mask_path"])
-            if source_factor > 1:
-                mask = resolve_downscaled_path(root, str(frame["mask_path"]), n) or mask
-            if not mask.is_file():
-                raise DatasetError(f"{json_path}: frame {i}: mask file {mask} does not exist")
-        name = str(Path(rel)).removeprefix("./")
-        any_distorted |= distorted is not None
-        jobs.append(dict(index=i, name=name, path=source, factor=source_factor, c2w=c2w, pinhole=pinhole,
-                         distorted=distorted, size=(width, height), mask=mask))
-
+    jobs = [_frame_job(json_path, root, top, i, frame, rel, full, opts.downscale) for i, frame, rel, full in items]
+    any_distorted = any(j["distorted"] is not None for j in jobs)
     cache = None
     if any_distorted:
-        tag = "transforms" if all(j["factor"] == 1 for j in jobs) else f"transforms_images_{n}"
+        tag = "transforms" if all(j["factor"] == 1 for j in jobs) else f"transforms_images_{opts.downscale}"
         folder = cache_folder(opts.cache_root, root, root / tag)
         cache = UndistortCache(folder)
         log(opts.verbose, f"undistorting {sum(j['distorted'] is not None for j in jobs)} images to pinhole"
             + (f" (cache: {folder})" if folder is not None else " (no cache)"))
-    alpha_seen = []
-
-    def load_one(job):
-        width, height = job["size"]
-        todo = n if job["factor"] == 1 else 1  # downscale still to apply to what is read
-        if job["distorted"] is not None:  # undistorted at the stored resolution, then downscaled
-            cam = job["distorted"]
-            if job["factor"] > 1:
-                sw, sh = image_size(job["path"])
-                cam = import_pycolmap().Camera(model=cam.model, width=width, height=height, params=list(cam.params))
-                cam.rescale(int(sw), int(sh))
-            image, mask, intr = cache.load(UndistortJob(job["name"], job["path"], cam, job["mask"]), todo)
-            todo = 1
-            camera = Camera.from_opengl_c2w(job["c2w"], intr.fx, intr.fy, intr.cx, intr.cy, intr.width, intr.height)
-        else:
-            image = read_image(job["path"])
-            mask = None if job["mask"] is None else read_mask(job["mask"])
-            camera = Camera.from_opengl_c2w(job["c2w"], *job["pinhole"], width, height)
-            camera = rescale_camera(camera, image.shape[1], image.shape[0])
-            if job["factor"] == 1 and (image.shape[1], image.shape[0]) != (width, height):
-                raise DatasetError(f"{job['path']}: image is {image.shape[1]}x{image.shape[0]} pixels, "
-                                   f"expected {width}x{height}")
-            if mask is not None and mask.shape != image.shape[:2]:
-                raise DatasetError(f"{job['mask']}: mask is {mask.shape[1]}x{mask.shape[0]} pixels but its image "
-                                   f"{job['path'].name} is {image.shape[1]}x{image.shape[0]}")
-        data_ = image
-        if image.shape[-1] == 4:
-            alpha_seen.append(job["name"])
-            data_ = composite(image, opts.background) if opts.background is not None else image[..., :3]
-        if todo > 1:
-            size = downscaled_size(camera.width, camera.height, todo)
-            data_ = resize_area(data_, size)
-            mask = None if mask is None else resize_area(mask, size)
-            camera = rescale_camera(camera, *size)
-        return camera, to_uint8(data_), mask
-
-    loaded = parallel_map(load_one, jobs, desc=f"loading {len(jobs)} images", verbose=opts.verbose)
+    loaded = parallel_map(lambda job: _load_frame(job, cache, opts), jobs,
+                          desc=f"loading {len(jobs)} images", verbose=opts.verbose)
     if cache is not None:
         log(opts.verbose, f"undistortion cache: {cache.hits} reused, {cache.misses} computed")
-    views = [make_view(cam, img, job["name"], mask, opts.device) for (cam, img, mask), job in zip(loaded, jobs)]
-
-    listed = data.get(f"{opts.eval_split}_filenames") if opts.eval_split else None
-    if isinstance(listed, list) and listed:
-        wanted = {str(Path(p)).removeprefix("./") for p in listed}
-        test_idx = [k for k, v in enumerate(views) if v.name in wanted]
-        train_listed = data.get("train_filenames")
-        if isinstance(train_listed, list) and train_listed:
-            train_names = {str(Path(p)).removeprefix("./") for p in train_listed}
-            train_idx = [k for k, v in enumerate(views) if v.name in train_names]
-        else:
-            train_idx = [k for k in range(len(views)) if k not in set(test_idx)]
-        log(opts.verbose, f"split from {opts.eval_split}_filenames: {len(train_idx)} train, {len(test_idx)} test")
-    else:
-        train_idx, test_idx = split_by_name([v.name for v in views], opts.test_every)
+    views = [make_view(cam, img, job["name"], mask, opts.device) for (cam, img, mask, _), job in zip(loaded, jobs)]
+    train_idx, test_idx = _split(data, views, opts)
 
     points = colors = None
     ply = data.get("ply_file_path")
@@ -286,14 +196,106 @@ def load_nerfstudio(json_path: Path, opts: LoadOptions) -> Scene:
     info = {"frames": len(frames), "missing": missing, "undistorted": any_distorted, "random_points": random_pts}
     if cache is not None:
         info["undistort_cache"] = {"folder": str(cache.folder), "reused": cache.hits, "computed": cache.misses}
-    return build_scene(
-        [views[k] for k in train_idx],
-        [views[k] for k in test_idx],
-        points,
-        colors,
-        background=opts.background if alpha_seen else None,
-        kind="nerfstudio",
-        path=root,
-        opts=opts,
-        info=info,
-    )
+    any_alpha = any(has_alpha for *_, has_alpha in loaded)
+    return build_scene([views[k] for k in train_idx], [views[k] for k in test_idx], points, colors,
+                       background=opts.background if any_alpha else None, kind="nerfstudio", path=root, opts=opts,
+                       info=info)
+
+
+def _existing_frames(json_path: Path, root: Path, frames: list) -> tuple[list, list]:
+    """([(index, frame, file_path as written, resolved path)] for frames whose image exists, missing ones)."""
+    items, missing = [], []
+    for i, frame in enumerate(frames):
+        rel = str(frame["file_path"])
+        full = resolve_image(root, rel, extensions=(".png", ".jpg", ".jpeg"))
+        if not full.is_file():
+            missing.append(rel)
+            continue
+        items.append((i, frame, rel, full))
+    if missing:
+        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        warn(f"{json_path}: {len(missing)} of {len(frames)} frames have no image file and are skipped: {shown}")
+    if not items:
+        raise DatasetError(f"{json_path}: none of the {len(frames)} frames' images exist (e.g. {missing[0]})")
+    return items, missing
+
+
+def _frame_job(json_path: Path, root: Path, top: dict, i: int, frame: dict, rel: str, full: Path, n: int) -> dict:
+    """What loading frame i needs, after cheap header checks (sizes) and the mask's existence."""
+    intr = dict(top)
+    intr.update({k: frame[k] for k in _INTRINSIC_KEYS if k in frame})
+    c2w = parse_c2w(json_path, i, frame["transform_matrix"])
+    fw, fh = image_size(full)
+    width = int(intr["w"]) if intr.get("w") is not None else fw
+    height = int(intr["h"]) if intr.get("h") is not None else fh
+    check_image_size(full, (fw, fh), (width, height), what=f"{json_path.name} (w={width}, h={height})")
+    pinhole, distorted = _pycolmap_camera(json_path, i, intr, width, height)
+    source, source_factor = full, 1
+    small = resolve_downscaled_path(root, rel, n) if n > 1 else None
+    if small is not None:
+        sw, sh = image_size(small)
+        check_image_size(small, (sw, sh), (width, height), downscale=n, what=f"{json_path.name} (w={width}, h={height})")
+        source, source_factor = small, n
+    mask = None
+    if frame.get("mask_path"):
+        mask = root / str(frame["mask_path"])
+        if source_factor > 1:
+            mask = resolve_downscaled_path(root, str(frame["mask_path"]), n) or mask
+        if not mask.is_file():
+            raise DatasetError(f"{json_path}: frame {i}: mask file {mask} does not exist")
+    name = str(Path(rel)).removeprefix("./")
+    return dict(index=i, name=name, path=source, factor=source_factor, c2w=c2w, pinhole=pinhole,
+                distorted=distorted, size=(width, height), mask=mask, downscale=n)
+
+
+def _load_frame(job: dict, cache, opts: LoadOptions):
+    """(pinhole Camera, uint8 image [H, W, 3], mask or None, whether the file had alpha)."""
+    width, height = job["size"]
+    todo = job["downscale"] if job["factor"] == 1 else 1  # downscale still to apply to what is read
+    if job["distorted"] is not None:  # undistorted at the stored resolution, then downscaled
+        cam = job["distorted"]
+        if job["factor"] > 1:
+            sw, sh = image_size(job["path"])
+            cam = import_pycolmap().Camera(model=cam.model, width=width, height=height, params=list(cam.params))
+            cam.rescale(int(sw), int(sh))
+        image, mask, intr = cache.load(UndistortJob(job["name"], job["path"], cam, job["mask"]), todo)
+        todo = 1
+        camera = Camera.from_opengl_c2w(job["c2w"], intr.fx, intr.fy, intr.cx, intr.cy, intr.width, intr.height)
+    else:
+        image = read_image(job["path"])
+        mask = None if job["mask"] is None else read_mask(job["mask"])
+        camera = Camera.from_opengl_c2w(job["c2w"], *job["pinhole"], width, height)
+        camera = rescale_camera(camera, image.shape[1], image.shape[0])
+        if job["factor"] == 1 and (image.shape[1], image.shape[0]) != (width, height):
+            raise DatasetError(f"{job['path']}: image is {image.shape[1]}x{image.shape[0]} pixels, "
+                               f"expected {width}x{height}")
+        if mask is not None and mask.shape != image.shape[:2]:
+            raise DatasetError(f"{job['mask']}: mask is {mask.shape[1]}x{mask.shape[0]} pixels but its image "
+                               f"{job['path'].name} is {image.shape[1]}x{image.shape[0]}")
+    has_alpha = image.shape[-1] == 4
+    data = image
+    if has_alpha:
+        data = composite(image, opts.background) if opts.background is not None else image[..., :3]
+    if todo > 1:
+        size = downscaled_size(camera.width, camera.height, todo)
+        data = resize_area(data, size)
+        mask = None if mask is None else resize_area(mask, size)
+        camera = rescale_camera(camera, *size)
+    return camera, to_uint8(data), mask, has_alpha
+
+
+def _split(data: dict, views: list, opts: LoadOptions) -> tuple[list[int], list[int]]:
+    """(train, test) indices: the json's <split>_filenames lists when present, else every N-th by name."""
+    listed = data.get(f"{opts.eval_split}_filenames") if opts.eval_split else None
+    if not (isinstance(listed, list) and listed):
+        return split_by_name([v.name for v in views], opts.test_every)
+    wanted = {str(Path(p)).removeprefix("./") for p in listed}
+    test_idx = [k for k, v in enumerate(views) if v.name in wanted]
+    train_listed = data.get("train_filenames")
+    if isinstance(train_listed, list) and train_listed:
+        train_names = {str(Path(p)).removeprefix("./") for p in train_listed}
+        train_idx = [k for k, v in enumerate(views) if v.name in train_names]
+    else:
+        train_idx = [k for k in range(len(views)) if k not in set(test_idx)]
+    log(opts.verbose, f"split from {opts.eval_split}_filenames: {len(train_idx)} train, {len(test_idx)} test")
+    return train_idx, test_idx
