@@ -138,9 +138,39 @@ def read_ply(path: str | os.PathLike, device: torch.device | str | None = None) 
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     where = str(path)
+    ply = _read_plydata(path)
+    element_names = [el.name for el in ply.elements]
+    if "vertex" not in element_names:
+        raise PlyFormatError(
+            f"{where}: no 'vertex' element (elements found: {element_names or 'none'}); "
+            "a 3DGS .ply stores one Gaussian per vertex"
+        )
+    vertex = ply["vertex"]
+    props = {p.name: p for p in vertex.properties}
+    n = vertex.count
+    degree = _sh_degree_of(where, props)
+    needed = [name for name in ply_property_names(degree) if name not in ("nx", "ny", "nz")]
+    missing = [name for name in needed if name not in props]
+    if missing:
+        if "chunk" in element_names and "packed_position" in props:  # SuperSplat compressed, named .ply
+            from .compressed_ply import read_compressed_ply
 
+            del vertex, ply
+            g = read_compressed_ply(path)
+            return g.to(device=device) if device is not None else g
+        raise PlyFormatError(f"{where}: missing vertex properties: {', '.join(missing)}")
+    _check_types(where, props, needed)
+    table = _float_table(where, vertex.data, needed, n)  # [N, P]
+    del vertex, ply  # release the memory map
+    g = _gaussians_from_table(table, needed, degree)
+    return g.to(device=device) if device is not None else g
+
+
+def _read_plydata(path: Path) -> PlyData:
+    """The parsed (memory-mapped) file; PlyFormatError saying what is wrong with it otherwise."""
+    where = str(path)
     try:
-        ply = PlyData.read(str(path), mmap="r")
+        return PlyData.read(str(path), mmap="r")
     except PlyElementParseError as e:
         element = e.element
         if e.message == "early end-of-file" and element is not None:
@@ -159,17 +189,9 @@ def read_ply(path: str | os.PathLike, device: torch.device | str | None = None) 
     except (PlyHeaderParseError, UnicodeDecodeError, ValueError, TypeError, IndexError, KeyError) as e:
         raise PlyFormatError(f"{where}: not a PLY file or unreadable PLY header: {e}") from e
 
-    element_names = [el.name for el in ply.elements]
-    if "vertex" not in element_names:
-        raise PlyFormatError(
-            f"{where}: no 'vertex' element (elements found: {element_names or 'none'}); "
-            "a 3DGS .ply stores one Gaussian per vertex"
-        )
-    vertex = ply["vertex"]
-    props = {p.name: p for p in vertex.properties}
-    n = vertex.count
 
-    # --- which properties, and is the SH block complete? ---
+def _sh_degree_of(where: str, props: dict) -> int:
+    """The SH degree the f_rest_* properties encode; PlyFormatError for an incomplete block."""
     rest_idx = sorted(int(m.group(1)) for name in props if (m := _F_REST_RE.match(name)))
     n_rest = len(rest_idx)
     if n_rest not in _F_REST_COUNT_TO_DEGREE:
@@ -183,19 +205,11 @@ def read_ply(path: str | os.PathLike, device: torch.device | str | None = None) 
             f"{where}: f_rest_* properties are not numbered 0..{n_rest - 1} "
             f"(missing: {', '.join(f'f_rest_{i}' for i in missing_rest)})"
         )
-    degree = _F_REST_COUNT_TO_DEGREE[n_rest]
-    needed = [name for name in ply_property_names(degree) if name not in ("nx", "ny", "nz")]
-    missing = [name for name in needed if name not in props]
-    if missing:
-        if "chunk" in element_names and "packed_position" in props:  # SuperSplat compressed, named .ply
-            from .compressed_ply import read_compressed_ply
+    return _F_REST_COUNT_TO_DEGREE[n_rest]
 
-            del vertex, ply
-            g = read_compressed_ply(path)
-            return g.to(device=device) if device is not None else g
-        raise PlyFormatError(f"{where}: missing vertex properties: {', '.join(missing)}")
 
-    # --- types: float32 as written by 3DGS; float64 converted; anything else refused ---
+def _check_types(where: str, props: dict, needed: list[str]) -> None:
+    """float32 as written by 3DGS, or float64 (converted); anything else is refused."""
     bad_types = []
     for name in needed:
         prop = props[name]
@@ -211,14 +225,13 @@ def read_ply(path: str | os.PathLike, device: torch.device | str | None = None) 
             "or double (float64, converted to float32)"
         )
 
-    # --- values ---
-    data = vertex.data
-    table = np.empty((n, len(needed)), dtype=np.float32)  # [N, P] native float32
+
+def _float_table(where: str, data: np.ndarray, needed: list[str], n: int) -> np.ndarray:
+    """[N, P] native float32 copy of the needed properties; PlyFormatError naming non-finite ones."""
+    table = np.empty((n, len(needed)), dtype=np.float32)
     with np.errstate(over="ignore", invalid="ignore"):
         for j, name in enumerate(needed):
             table[:, j] = data[name]  # casts float64 and non-native byte order
-    del data, vertex, ply  # release the memory map
-
     bad = ~np.isfinite(table)
     if bad.any():
         counts = bad.sum(axis=0)
@@ -226,7 +239,12 @@ def read_ply(path: str | os.PathLike, device: torch.device | str | None = None) 
         raise PlyFormatError(
             f"{where}: non-finite values (NaN or Inf, or out of float32 range) in: {', '.join(parts)}"
         )
+    return table
 
+
+def _gaussians_from_table(table: np.ndarray, needed: list[str], degree: int) -> Gaussians:
+    """Raw parameters from the [N, P] table (f_rest is channel-major in the file)."""
+    n = table.shape[0]
     col = {name: j for j, name in enumerate(needed)}
     k = num_sh_bases(degree)
 
@@ -236,13 +254,12 @@ def read_ply(path: str | os.PathLike, device: torch.device | str | None = None) 
 
     means = cols(["x", "y", "z"])  # [N, 3]
     sh0 = cols(["f_dc_0", "f_dc_1", "f_dc_2"]).reshape(n, 1, 3)  # [N, 1, 3]
-    rest = cols([f"f_rest_{i}" for i in range(n_rest)]).reshape(n, 3, k - 1)  # [N, 3, K-1] channel-major
+    rest = cols([f"f_rest_{i}" for i in range(3 * (k - 1))]).reshape(n, 3, k - 1)  # [N, 3, K-1] channel-major
     shN = rest.transpose(1, 2).contiguous()  # [N, K-1, 3]
     logit_opacities = cols(["opacity"]).reshape(n)  # [N]
     log_scales = cols(["scale_0", "scale_1", "scale_2"])  # [N, 3]
     quats = cols(["rot_0", "rot_1", "rot_2", "rot_3"])  # [N, 4] w, x, y, z
-    g = Gaussians(means, quats, log_scales, logit_opacities, sh0, shN)
-    return g.to(device=device) if device is not None else g
+    return Gaussians(means, quats, log_scales, logit_opacities, sh0, shN)
 
 
 def ply_is_text(path: str | os.PathLike) -> bool:

@@ -38,6 +38,7 @@ from .schedule import exp_decay, resolution_divisor, sh_degree_at
 from .state import TrainState, seed_everything
 from .exposure import Exposure
 from .step import LossSettings, StepPlan, StepResult, StepView, train_step
+from .views import mask_message, resolve_mask_mode, step_view
 from .strategy import DefaultStrategy, DefaultStrategyConfig, MCMCStrategy, Strategy
 
 LOG_EVERY = 10  # steps between StepEvents (and host reads of the loss)
@@ -60,18 +61,6 @@ class TrainResult:
 def make_strategy(config) -> Strategy:
     """The strategy its config's type names."""
     return DefaultStrategy(config) if isinstance(config, DefaultStrategyConfig) else MCMCStrategy(config)
-
-
-def resolve_mask_mode(scene: Scene, mode: str) -> str:
-    """"off" without masks; "auto" is "object" when the masks cover less than half the pixels
-    (a subject cut out of its surroundings), else "ignore" (a few regions left out)."""
-    masked = [v for v in scene.train if v.mask is not None]
-    if mode == "off" or not masked:
-        return "off"
-    if mode != "auto":
-        return mode
-    cover = sum(float(v.mask.float().mean()) for v in masked) / len(masked)
-    return "object" if cover < 0.5 else "ignore"
 
 
 def same_run(a: TrainConfig, b: TrainConfig) -> bool:
@@ -218,7 +207,7 @@ class Run:
         self._add_extras()
         self.elapsed = time.perf_counter() - started  # placing the Gaussians is part of the run
         if self.mask_mode != "off":
-            self._say(self._mask_message())
+            self._say(mask_message(self.scene, self.mask_mode, self.config.data.masks))
         if cfg.max_minutes is not None:
             per_step = self.group.max(self._probe_seconds_per_step() * cfg.batch_size)  # all plan alike
             self.budget = TimeBudget.plan(60.0 * cfg.max_minutes, self.steps, per_step,
@@ -244,16 +233,6 @@ class Run:
         self.elapsed, self.history = saved["elapsed"], saved["history"]
         self._rescale_schedule()
         self._say(f"resumed from step {self.state.step} ({self.elapsed / 60:.1f} min trained)")
-
-    def _mask_message(self) -> str:
-        masked = [v for v in self.scene.train if v.mask is not None]
-        cover = sum(float(v.mask.float().mean()) for v in masked) / len(masked)
-        what = (f"masks are object silhouettes (they cover {cover:.0%} of the pixels): outside them the "
-                "render is trained to be empty, over a random background" if self.mask_mode == "object" else
-                f"masks mark the pixels to train (they cover {cover:.0%}): the others are not supervised")
-        return (f"{len(masked)} of {len(self.scene.train)} training views have masks ({self.config.data.masks}): "
-                f"{what}; the progress PSNR and the evaluation count the masked pixels "
-                "(--masks object|ignore|off to choose)")
 
     def _with_background(self, gaussians: Gaussians) -> Gaussians:
         """Add Gaussians on a sphere for the sky and far surroundings (init.background_gaussians)
@@ -345,39 +324,8 @@ class Run:
             indices = self.shard.take(self.state.step, self.config.batch_size)
         else:
             indices = self.state.sampler.take(self.config.batch_size)
-        return [self._step_view(i) for i in indices]
-
-    def _step_view(self, index: int) -> StepView:
-        view = self.scene.train[index]
-        target = view.image_float(self.device)  # [H, W, 3]
-        background = self.background
-        if self.config.random_background:  # re-composite the target over a fresh random colour
-            bg = torch.rand(3)
-            alpha = view.alpha.to(self.device).float().unsqueeze(-1) / 255.0  # [H, W, 1]
-            target = target + (1 - alpha) * (bg.to(self.device) - torch.tensor(self.background, device=self.device))
-            background = tuple(bg.tolist())
-        mask = None if view.mask is None else view.mask.to(self.device).unsqueeze(-1).float()  # [H, W, 1]
-        measure = None
-        if mask is not None and self.mask_mode == "object":  # outside the subject: empty space
-            bg = torch.rand(3).to(self.device)
-            target = target * mask + bg * (1 - mask)
-            background, measure, mask = tuple(bg.tolist()), mask, None
-        camera = view.camera.to(self.device)
-        step_view = StepView(camera, target, mask, background, index, measure=measure)
-        if self.config.depth.weight > 0:
-            step_view.inv_depth = None if view.inv_depth is None else view.inv_depth.to(self.device)
-            if step_view.inv_depth is None and self.config.depth.sparse:
-                step_view.depth_points = self._sparse_depth(view, camera)
-        return step_view
-
-    def _sparse_depth(self, view, camera) -> Optional[torch.Tensor]:
-        """[K, 3] (u, v, z) of the SfM points `view` observed that land inside its image."""
-        if view.point_ids is None or self.scene.points is None:
-            return None
-        uvz = camera.project(self.scene.points[view.point_ids].to(self.device))  # [K, 3]
-        u, v, z = uvz.unbind(-1)
-        inside = (z > self.config.render.near_plane) & (u >= 0) & (v >= 0) & (u < view.width) & (v < view.height)
-        return uvz[inside]
+        return [step_view(self.scene, i, self.config, self.mask_mode, self.background, self.device)
+                for i in indices]
 
     def _report(self, result: StepResult, since: tuple[int, float]) -> tuple[int, float]:
         """Read the step's loss (a host sync), stop on NaN/Inf, and emit a StepEvent."""
