@@ -263,6 +263,17 @@ def test_ply_refuses_nan_and_inf_naming_property_and_count(tmp_path):
     expect_ply_error(tmp_path / "big.ply", "x (1 of 2)")
 
 
+def test_ply_reads_infinite_opacity_logits_as_the_nearest_finite_and_warns_once(tmp_path):
+    """splat-transform writes opacity 1 from an 8-bit format as logit +inf: valid there, not here."""
+    cols = minimal_columns(5)
+    cols["opacity"][[0, 3]] = [np.inf, -np.inf]
+    write_raw_ply(tmp_path / "i.ply", cols)
+    with pytest.warns(UserWarning, match=r"i\.ply.*2 opacity logits of \+-inf") as record:
+        g = read_ply(tmp_path / "i.ply")
+    assert len(record) == 1 and torch.isfinite(g.logit_opacities).all()
+    assert g.opacities[0] > 0.99 and g.opacities[3] < 0.01
+
+
 def test_ply_refuses_truncated_body(tmp_path):
     p = tmp_path / "m.ply"
     write_ply(p, make_gaussians(10, 1))

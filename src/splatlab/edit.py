@@ -318,8 +318,18 @@ def _floaters_by_density(means: torch.Tensor, sigmas: torch.Tensor, cfg: EditCon
     cols = idx[:, 1:].ravel()[touch.ravel()]
     graph = coo_matrix((np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(n, n))
     _, label = connected_components(graph, directed=False)
-    size = np.bincount(label)[label]  # [N] size of each Gaussian's cluster
-    return torch.from_numpy(size < cfg.floater_cluster_fraction * n)
+    counts = np.bincount(label)
+    small = counts[label] < cfg.floater_cluster_fraction * n  # [N]
+    # Beyond the main body lies the far field (sky, distant background), which a real capture's
+    # model paints with large, sparse Gaussians that touch few neighbours: there, only Gaussians
+    # smaller than the main body's typical one count as floaters. Removing the far field too cost
+    # 0.39 dB on a statue_colmap model trained on every pixel (docs/edit_and_usd.md).
+    main = label == counts.argmax()
+    centre = np.median(pts[main], axis=0)
+    reach = np.quantile(np.linalg.norm(pts[main] - centre, axis=1), 0.99)
+    far = np.linalg.norm(pts - centre, axis=1) > reach
+    large = sig >= np.median(sig[main])
+    return torch.from_numpy(small & ~(far & large))
 
 
 def _views_seeing(means: torch.Tensor, cameras: Sequence[Camera]) -> torch.Tensor:
@@ -453,7 +463,7 @@ def run_dataset(run: Optional[Path]) -> Optional[RunDataset]:
     path = Path(data["path"]).expanduser()
     if not path.is_absolute() and not path.exists() and (Path(run).resolve().parent / path).exists():
         path = Path(run).resolve().parent / path
-    return RunDataset(path, int(data.get("downscale", 1)), int(data.get("test_every", 8)),
+    return RunDataset(path, int(data.get("downscale") or 1), int(data.get("test_every", 8)),
                       str(data.get("eval_split", "test")))
 
 

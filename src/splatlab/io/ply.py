@@ -232,6 +232,15 @@ def _float_table(where: str, data: np.ndarray, needed: list[str], n: int) -> np.
     with np.errstate(over="ignore", invalid="ignore"):
         for j, name in enumerate(needed):
             table[:, j] = data[name]  # casts float64 and non-native byte order
+    if "opacity" in needed:  # +-inf logits are opacities 1 and 0: valid for tools that write 8-bit
+        j = needed.index("opacity")  # opacity (splat-transform's compressed .ply, converted), not for us
+        infinite = np.isinf(table[:, j])
+        if infinite.any():
+            from ._quantize import warn_clamped
+
+            edge = float(np.log((1.0 - 0.5 / 255.0) / (0.5 / 255.0)))  # half an 8-bit step inside (0, 1)
+            table[:, j] = np.clip(table[:, j], -edge, edge)
+            warn_clamped(Path(where), {"opacity logits of +-inf (opacity 0 or 1)": int(infinite.sum())})
     bad = ~np.isfinite(table)
     if bad.any():
         counts = bad.sum(axis=0)
