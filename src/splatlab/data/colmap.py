@@ -26,17 +26,13 @@ from ..camera import Camera
 from .images import (
     DatasetError,
     check_image_size,
-    composite,
-    downscaled_size,
+    finish_image,
     image_size,
     import_pycolmap,
     log,
     parallel_map,
     read_image,
     read_mask,
-    rescale_camera,
-    resize_area,
-    to_uint8,
     warn,
 )
 from .depths import attach_depth_maps
@@ -394,16 +390,7 @@ def _load_one(job: _Job, cache, todo: int, background):
             raise DatasetError(f"{job.mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} pixels but its image "
                                f"{job.path.name} is {image.shape[1]}x{image.shape[0]}")
     camera = Camera(intr.fx, intr.fy, intr.cx, intr.cy, _viewmat(job.image), intr.width, intr.height, job.image.name)
-    has_alpha = image.shape[-1] == 4
-    data = image
-    if has_alpha:
-        data = composite(image, background) if background is not None else image[..., :3]
-    if todo > 1:
-        size = downscaled_size(camera.width, camera.height, todo)
-        data = resize_area(data, size)
-        mask = None if mask is None else resize_area(mask, size)
-        camera = rescale_camera(camera, *size)
-    return camera, to_uint8(data), mask, has_alpha
+    return finish_image(image, mask, camera, todo, background)
 
 
 def _sfm_points(recon, model_dir: Path, views: list, jobs: list[_Job], opts: LoadOptions):

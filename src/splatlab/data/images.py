@@ -194,6 +194,22 @@ def rescale_camera(camera: Camera, width: int, height: int) -> Camera:
     )
 
 
+def finish_image(image: np.ndarray, mask, camera: Camera, todo: int, background):
+    """A loaded image as a view holds it: RGBA composited over `background` (or its alpha
+    dropped when None), then area-downscaled by `todo` with its mask and camera.
+    Returns (camera, uint8 image [H, W, 3], mask or None, whether the file had alpha)."""
+    has_alpha = image.shape[-1] == 4
+    data = image
+    if has_alpha:
+        data = composite(image, background) if background is not None else image[..., :3]
+    if todo > 1:
+        size = downscaled_size(camera.width, camera.height, todo)
+        data = resize_area(data, size)
+        mask = None if mask is None else resize_area(mask, size)
+        camera = rescale_camera(camera, *size)
+    return camera, to_uint8(data), mask, has_alpha
+
+
 def check_image_size(
     path: Path, actual: tuple[int, int], expected: tuple[int, int], *, downscale: int = 1, what: str = "its camera"
 ) -> None:

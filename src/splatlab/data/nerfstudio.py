@@ -42,8 +42,7 @@ from .blender import get_frames, parse_c2w, read_json, resolve_image
 from .images import (
     DatasetError,
     check_image_size,
-    composite,
-    downscaled_size,
+    finish_image,
     image_size,
     import_pycolmap,
     log,
@@ -51,9 +50,7 @@ from .images import (
     read_image,
     read_mask,
     rescale_camera,
-    resize_area,
     resolve_downscaled_path,
-    to_uint8,
     warn,
 )
 from .scene import LoadOptions, Scene, build_scene, make_view, random_points, split_by_name
@@ -272,16 +269,7 @@ def _load_frame(job: dict, cache, opts: LoadOptions):
         if mask is not None and mask.shape != image.shape[:2]:
             raise DatasetError(f"{job['mask']}: mask is {mask.shape[1]}x{mask.shape[0]} pixels but its image "
                                f"{job['path'].name} is {image.shape[1]}x{image.shape[0]}")
-    has_alpha = image.shape[-1] == 4
-    data = image
-    if has_alpha:
-        data = composite(image, opts.background) if opts.background is not None else image[..., :3]
-    if todo > 1:
-        size = downscaled_size(camera.width, camera.height, todo)
-        data = resize_area(data, size)
-        mask = None if mask is None else resize_area(mask, size)
-        camera = rescale_camera(camera, *size)
-    return camera, to_uint8(data), mask, has_alpha
+    return finish_image(image, mask, camera, todo, opts.background)
 
 
 def _split(data: dict, views: list, opts: LoadOptions) -> tuple[list[int], list[int]]:
