@@ -25,6 +25,7 @@ from fixtures_data import (
     write_image,
     write_transforms,
 )
+from splatlab import Camera
 from splatlab.data import DatasetError, DatasetWarning, Scene, SfMOptions, View, load_scene
 from splatlab.data import undistort as undistort_mod
 from splatlab.data.images import import_pycolmap
@@ -176,7 +177,7 @@ def test_statue_masks_and_cache_reuse(statue, monkeypatch):
 def test_fox_missing_frames_and_distortion(tmp_path):
     root = need("fox")
     with pytest.warns(DatasetWarning, match=r"17 of 67 frames have no image file") as record:
-        scene = load_scene(root, downscale=4, cache_dir=tmp_path, verbose=False)
+        scene = load_scene(root, downscale=4, cache_dir=tmp_path, verbose=False, triangulate=False)
     assert "images/0005.jpg" in str(record[0].message)
     assert scene.kind == "nerfstudio" and len(scene.train) + len(scene.test) == 50
     assert len(scene.test) == 7 and scene.points is not None and scene.points.shape[1] == 3
@@ -202,6 +203,48 @@ def test_fox_missing_frames_and_distortion(tmp_path):
     # The distortion matters: ignoring it (plain K) matches worse.
     plain = np.stack([meta["fl_x"] * rays[:, 0] + meta["cx"], meta["fl_y"] * rays[:, 1] + meta["cy"]], axis=1) / 4.0
     assert np.mean(np.abs(_bilinear(view.image.numpy(), uv) - _bilinear(photo, plain))) > np.mean(diff)
+
+
+def test_fox_points_triangulated_from_known_poses(tmp_path):
+    """No point cloud in transforms.json: points come from the training views' poses, agree with
+    the pixels of the views that observed them, are cached outside the dataset, and are reused."""
+    root = need("fox")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DatasetWarning)  # the 17 missing frames
+        scene = load_scene(root, downscale=4, cache_dir=tmp_path, verbose=False)
+    assert scene.info["points_from"] == "triangulated" and not scene.info["random_points"]
+    assert 1000 < len(scene.points) < 100_000
+    errors, observed = [], 0
+    for view in scene.train:
+        uvz = view.camera.project(scene.points[view.point_ids].double())  # [K, 3]
+        u, v, z = uvz.unbind(-1)
+        assert (z > 0).all()
+        inside = (u >= 0) & (v >= 0) & (u < view.width) & (v < view.height)
+        assert inside.float().mean() > 0.99  # observed points project into the view
+        pixels = view.image[v[inside].long(), u[inside].long()].float() / 255.0
+        errors.append((pixels - scene.point_colors[view.point_ids][inside]).abs().mean(-1))
+        observed += len(view.point_ids)
+    assert observed >= 3 * len(scene.points)  # every point is seen by 3 views or more
+    # Colours are the pixels' at the projections: a pose convention error would break this.
+    assert torch.cat(errors).median() < 0.06
+    assert not any(v.point_ids is not None for v in scene.test)  # held-out views take no part
+    assert len(list((tmp_path / "triangulated").iterdir())) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DatasetWarning)
+        again = load_scene(root, downscale=4, cache_dir=tmp_path, verbose=False)
+    assert torch.equal(again.points, scene.points)
+    assert all(torch.equal(a.point_ids, b.point_ids) for a, b in zip(again.train, scene.train))
+
+
+def test_triangulation_without_matches_falls_back_to_random_points(tmp_path):
+    """Flat grey images have no features: a warning, and random points as before."""
+    from splatlab.data.triangulate import points_from_poses
+
+    views = [View(Camera.look_at((3 * np.cos(a), 3 * np.sin(a), 0.5), (0, 0, 0), width=64, height=48),
+                  torch.full((48, 64, 3), 128, dtype=torch.uint8), f"v{i}")
+             for i, a in enumerate(np.linspace(0, 1, 4))]
+    with pytest.warns(DatasetWarning, match="using random initial points"):
+        assert points_from_poses(views, tmp_path, verbose=False) is None
 
 
 # ---- tiny generated COLMAP ----------------------------------------------------------------------

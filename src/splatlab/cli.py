@@ -136,6 +136,7 @@ class Train:
             distributed.teardown()
 
     def train(self, group) -> int:
+        from .train import distributed
         from .train.console import ConsoleReporter
         from .train.distributed import dataset_fingerprint
         from .train.logging import default_loggers
@@ -153,8 +154,9 @@ class Train:
             if main_rank:
                 print(f"info: {choice.reason}", file=sys.stderr)
             cfg = replace(cfg, data=replace(cfg.data, downscale=choice.downscale))
-        scene = load_training_scene(cfg, verbose=main_rank)
+        scene = load_training_scene(cfg, verbose=main_rank, triangulate=main_rank)
         if group is not None:  # every process trains the same config on the same dataset
+            distributed.share_points(group, scene)
             group.check_same({"config": replace(cfg, progress=True).to_dict(), "dataset": dataset_fingerprint(scene),
                               "launch": {"backend": group.backend, "timeout": self.dist_timeout}})
         run = Run(cfg, scene, group)
@@ -200,14 +202,15 @@ class Train:
         return cfg
 
 
-def load_training_scene(cfg: TrainConfig, verbose: bool = True):
-    """config -> scene: the dataset as the config says to load it."""
+def load_training_scene(cfg: TrainConfig, verbose: bool = True, triangulate: bool = True):
+    """config -> scene: the dataset as the config says to load it (`triangulate`=False: random
+    points instead of triangulated ones, for ranks that receive rank 0's)."""
     from .data import load_scene
 
     data = cfg.data
     scene = load_scene(data.path, downscale=data.downscale or 1, test_every=data.test_every,
                        eval_split=data.eval_split, device=cfg.device if data.images_on_device else None,
-                       verbose=verbose)
+                       verbose=verbose, triangulate=data.triangulate and triangulate)
     if data.masks == "off":
         for view in scene.train + scene.test:
             view.mask = None
@@ -258,7 +261,7 @@ class Render:
         if data is not None:
             from .data import load_scene
 
-            scene = load_scene(data, verbose=False)
+            scene = load_scene(data, verbose=False, triangulate=False)  # cameras and pixels only
         if self.camera_path == "test":
             if scene is None or not scene.test:
                 raise CLIError("camera path 'test' needs a dataset with test views: pass --data")
@@ -346,7 +349,7 @@ class Eval:
         saved = _config_of_run(run)
         downscale = self.downscale or (saved.data.downscale if saved else None) or 1
         masks = self.masks if self.masks is not None else (saved.data.masks != "off" if saved else True)
-        scene = load_scene(data, downscale=downscale, eval_split=self.split, verbose=False)
+        scene = load_scene(data, downscale=downscale, eval_split=self.split, verbose=False, triangulate=False)
         if not masks:
             for view in scene.test:
                 view.mask = None

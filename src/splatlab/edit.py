@@ -477,7 +477,7 @@ def load_dataset(dataset: RunDataset):
         raise ValueError(f"dataset {dataset.path} (named by the run's config.json) does not exist here; "
                          "pass it with --data")
     return load_scene(dataset.path, downscale=dataset.downscale, test_every=dataset.test_every,
-                      eval_split=dataset.eval_split, verbose=False)
+                      eval_split=dataset.eval_split, verbose=False, triangulate=False)
 
 
 def up_of_model_file(path: Path) -> Optional[torch.Tensor]:

@@ -23,6 +23,8 @@ Split: ``{eval_split}_filenames`` lists (nerfstudio) when present, else every ``
 frame by file name, as for COLMAP.
 
 Points: ``ply_file_path`` (nerfstudio's ``sparse_pc.ply``) when present, read with pycolmap. Else
+points triangulated from the training views' known poses (:mod:`splatlab.data.triangulate`,
+``triangulate=True``, the default). When that is off or fails,
 ``num_random_points`` random points in a cube around where the cameras look: centred on the
 least-squares point closest to all optical axes (the cameras' mean centre plus their mean viewing
 direction times their spread when the axes are near-parallel), with half-side equal to half the
@@ -187,16 +189,36 @@ def load_nerfstudio(json_path: Path, opts: LoadOptions) -> Scene:
             log(opts.verbose, f"initial points from {ply_path} ({0 if points is None else len(points)})")
         else:
             warn(f"{json_path}: ply_file_path {ply} does not exist; using random initial points")
+    source = "ply" if points is not None else None
+    if points is None and opts.triangulate and opts.num_random_points > 0:
+        points, colors = _triangulated_points([views[k] for k in train_idx], opts)
+        source = None if points is None else "triangulated"
     random_pts = points is None
     if random_pts:
         points, colors = lookat_box_points([views[k].camera for k in train_idx] or [v.camera for v in views], opts)
-    info = {"frames": len(frames), "missing": missing, "undistorted": any_distorted, "random_points": random_pts}
+        source = "random"
+    info = {"frames": len(frames), "missing": missing, "undistorted": any_distorted, "random_points": random_pts,
+            "points_from": source}
     if cache is not None:
         info["undistort_cache"] = {"folder": str(cache.folder), "reused": cache.hits, "computed": cache.misses}
     any_alpha = any(has_alpha for *_, has_alpha in loaded)
     return build_scene([views[k] for k in train_idx], [views[k] for k in test_idx], points, colors,
                        background=opts.background if any_alpha else None, kind="nerfstudio", path=root, opts=opts,
                        info=info)
+
+
+def _triangulated_points(train_views: list, opts: LoadOptions):
+    """(points, colours) triangulated from the training views' known poses, each view given the
+    rows it observed (for the depth prior); (None, None) when triangulation fails."""
+    from .triangulate import points_from_poses
+
+    result = points_from_poses(train_views, opts.cache_root, opts.verbose, opts.seed)
+    if result is None:
+        return None, None
+    points, colors, seen = result
+    for view, ids in zip(train_views, seen):
+        view.point_ids = ids
+    return points, colors
 
 
 def _existing_frames(json_path: Path, root: Path, frames: list) -> tuple[list, list]:

@@ -120,6 +120,7 @@ class LoadOptions:
     seed: int = 0
     verbose: bool = True
     sfm: object | None = None  # photos.SfMOptions
+    triangulate: bool = True  # poses without points (nerfstudio): triangulate points (data/triangulate.py)
 
 
 # ---- shared helpers used by the loaders ----------------------------------------------------
@@ -297,6 +298,7 @@ def load_scene(
     seed: int = 0,
     verbose: bool = True,
     sfm=None,
+    triangulate: bool = True,
 ) -> Scene:
     """Load a dataset folder into a training-ready `Scene`.
 
@@ -321,6 +323,9 @@ def load_scene(
         seed: seed for the random points.
         verbose: print progress and a summary.
         sfm: ``splatlab.data.photos.SfMOptions`` for folders of photos (default options if None).
+        triangulate: nerfstudio/instant-ngp data without a point cloud: triangulate initial points
+            from the known poses with pycolmap (``splatlab.data.triangulate``; seconds, cached).
+            False (or ``num_random_points=0``): random points, or none.
     """
     path = Path(path).expanduser()
     if isinstance(downscale, bool) or int(downscale) != downscale or downscale < 1:
@@ -352,6 +357,7 @@ def load_scene(
         seed=int(seed),
         verbose=bool(verbose),
         sfm=sfm,
+        triangulate=bool(triangulate),
     )
     log(opts.verbose, f"{path}: detected a {kind} dataset")
     if kind == "blender":

@@ -56,6 +56,9 @@ class DataConfig:
     """Blender: which transforms_<split>.json to evaluate on (falls back to val)."""
     images_on_device: bool = False
     """Keep all images on the training device (GPU) instead of copying one per step."""
+    triangulate: bool = True
+    """nerfstudio/instant-ngp data with poses but no point cloud: start from points triangulated
+    from the known poses (pycolmap; seconds, cached) instead of random points."""
 
     def validate(self) -> None:
         if self.downscale is not None and self.downscale < 1:

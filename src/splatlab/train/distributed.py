@@ -265,6 +265,20 @@ def dataset_fingerprint(scene) -> dict:
             "extent": round(float(scene.extent), 6)}
 
 
+def share_points(group: "Group", scene) -> None:
+    """Every rank starts from rank 0's points: they may be triangulated (data/triangulate.py), which
+    is done once, on rank 0, and need not be bit-identical between two runs of COLMAP."""
+    if not group.distributed:
+        return
+    points, colors, ids, random_points = group.on_main(
+        lambda: (scene.points, scene.point_colors, [v.point_ids for v in scene.train],
+                 scene.info.get("random_points", False)), "sharing the initial points")
+    scene.points, scene.point_colors = points, colors
+    scene.info["random_points"] = random_points
+    for view, view_ids in zip(scene.train, ids):
+        view.point_ids = view_ids
+
+
 # ---- views ---------------------------------------------------------------------------------
 
 
