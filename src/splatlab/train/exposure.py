@@ -22,9 +22,10 @@ evaluation protocol (fit on the left half of a test image, measure on the right 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
+import torch.nn.functional as F
 
 from .schedule import exp_decay
 
@@ -40,6 +41,18 @@ class ExposureConfig:
     """Initial learning rate (3DGS exposure_lr_init)."""
     lr_final: float = 1e-3
     """Final learning rate (3DGS exposure_lr_final); exponential decay over the run."""
+    model: Literal["affine", "bilateral"] = "affine"
+    """"affine": one 3x4 colour transform per image (3DGS). "bilateral": a bilateral grid of them
+    per image, varying over the image and with brightness (Wang et al. 2024, as gsplat's
+    --use_bilateral_grid): for photos whose colour changes are not one transform (sky and
+    statue under another light)."""
+    grid: tuple[int, int, int] = (16, 16, 8)
+    """Bilateral grid cells: across, down, brightness levels (gsplat's defaults)."""
+    grid_lr: float = 2e-3
+    """Bilateral grid learning rate (gsplat's), warmed up over the first 3% of the run from 1%,
+    then decayed exponentially to 1% of it."""
+    grid_tv_weight: float = 10.0
+    """Weight of the grid's total-variation loss (gsplat's): neighbouring cells agree."""
 
 
 class Exposure:
@@ -69,6 +82,9 @@ class Exposure:
         behind = (1 - alpha) * bg  # [H, W, 3]
         return (image - behind) @ e[:, :3] + alpha * e[:, 3] + behind
 
+    def loss(self, index: int) -> None:
+        return None  # no regulariser: one transform per image
+
     def step(self, progress: float, config: ExposureConfig) -> None:
         self.optimizer.param_groups[0]["lr"] = exp_decay(config.lr, config.lr_final, progress)
         self.optimizer.step()
@@ -81,3 +97,79 @@ class Exposure:
         with torch.no_grad():
             self.deltas.copy_(d["deltas"].to(self.deltas.device))
         self.optimizer.load_state_dict(d["optimizer"])
+
+
+class BilateralGrids:
+    """Per training image a bilateral grid of 3x4 affine colour transforms [12, L, H, W]: each
+    pixel's transform is read (trilinearly) at its position and its brightness, so shadows, sky
+    and lit surfaces of one photo can change colour differently. Starts as the identity
+    everywhere, and, as `Exposure`, the grids' mean over the images is pinned to the identity.
+    Bilateral Guided Radiance Field Processing (Wang et al., SIGGRAPH 2024); gsplat's
+    BilateralGrid has the same layout (x, y, luminance) and losses."""
+
+    def __init__(self, num_views: int, device: torch.device, config: ExposureConfig) -> None:
+        w, h, levels = config.grid
+        self.eye = torch.eye(3, 4, device=device).reshape(12, 1, 1, 1)  # [12, 1, 1, 1]
+        self.deltas = torch.nn.Parameter(torch.zeros(num_views, 12, levels, h, w, device=device))  # [V, 12, L, H, W]
+        self.optimizer = torch.optim.Adam([self.deltas], lr=config.grid_lr, eps=1e-15)
+        self.tv_weight = config.grid_tv_weight
+
+    def grid(self, index: int) -> torch.Tensor:
+        """[12, L, H, W] image `index`'s grid of transforms (mean over images = identity)."""
+        return self.eye + self.deltas[index] - self.deltas.mean(0)
+
+    def transforms(self, image: torch.Tensor, index: int) -> torch.Tensor:
+        """image [H, W, 3] -> [H, W, 3, 4] each pixel's transform, read at (x, y, brightness)."""
+        return slice_grid(self.grid(index).to(image.dtype), image)
+
+    def apply(self, image: torch.Tensor, index: int, alpha: torch.Tensor | None = None,
+              background: tuple[float, float, float] | None = None) -> torch.Tensor:
+        """As Exposure.apply, with each pixel's own transform."""
+        a = self.transforms(image, index)  # [H, W, 3, 4]
+        if alpha is None:
+            return (a[..., :3] @ image[..., None])[..., 0] + a[..., 3]
+        bg = torch.as_tensor(background, dtype=image.dtype, device=image.device)
+        behind = (1 - alpha) * bg  # [H, W, 3]
+        return (a[..., :3] @ (image - behind)[..., None])[..., 0] + alpha * a[..., 3] + behind
+
+    def loss(self, index: int) -> torch.Tensor:
+        """Total variation of image `index`'s grid: mean squared step between neighbouring cells."""
+        g = self.deltas[index]  # [12, L, H, W]
+        tv = sum(torch.diff(g, dim=d).square().mean() for d in (1, 2, 3) if g.shape[d] > 1)
+        return self.tv_weight * tv
+
+    def step(self, progress: float, config: ExposureConfig) -> None:
+        warm = min(1.0, 0.01 + 0.99 * progress / 0.03)
+        self.optimizer.param_groups[0]["lr"] = warm * exp_decay(config.grid_lr, 0.01 * config.grid_lr, progress)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def state_dict(self) -> dict:
+        return {"deltas": self.deltas.detach().cpu(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, d: dict) -> None:
+        with torch.no_grad():
+            self.deltas.copy_(d["deltas"].to(self.deltas.device))
+        self.optimizer.load_state_dict(d["optimizer"])
+
+
+def slice_grid(grid: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """grid [12, L, Gh, Gw], image [H, W, 3] -> [H, W, 3, 4]: the grid read trilinearly at each
+    pixel's (x, y, brightness), the corners of the image at the grid's corner cells."""
+    h, w = image.shape[:2]
+    ys = torch.linspace(-1.0, 1.0, h, device=image.device, dtype=image.dtype)
+    xs = torch.linspace(-1.0, 1.0, w, device=image.device, dtype=image.dtype)
+    # Brightness guides the lookup; it is the render's, without a gradient through the lookup.
+    gray = image.detach() @ torch.tensor([0.299, 0.587, 0.114], device=image.device, dtype=image.dtype)
+    coords = torch.stack([xs.expand(h, w), ys[:, None].expand(h, w), gray.clamp(0, 1) * 2 - 1], dim=-1)
+    out = F.grid_sample(grid[None], coords[None, None], mode="bilinear", align_corners=True)  # [1, 12, 1, h, w]
+    return out[0, :, 0].permute(1, 2, 0).reshape(h, w, 3, 4)
+
+
+def make_appearance(num_views: int, device: torch.device, config: ExposureConfig):
+    """The per-image colour model the config asks for: Exposure (affine) or BilateralGrids."""
+    if config.model == "bilateral":
+        return BilateralGrids(num_views, device, config)
+    if config.model != "affine":
+        raise ValueError(f"exposure model must be 'affine' or 'bilateral', got {config.model!r}")
+    return Exposure(num_views, device)

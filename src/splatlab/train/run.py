@@ -36,7 +36,7 @@ from .optim import base_lrs, means_lr_at
 from .outputs import RunFolder
 from .schedule import exp_decay, resolution_divisor, sh_degree_at
 from .state import TrainState, seed_everything
-from .exposure import Exposure
+from .exposure import make_appearance
 from .step import LossSettings, StepPlan, StepResult, StepView, train_step
 from .views import mask_message, resolve_mask_mode, step_view
 from .strategy import DefaultStrategy, DefaultStrategyConfig, MCMCStrategy, Strategy
@@ -250,7 +250,7 @@ class Run:
 
     def _add_extras(self) -> None:
         if self.uses_exposure:
-            self.state.extras["exposure"] = Exposure(len(self.scene.train), self.device)
+            self.state.extras["exposure"] = make_appearance(len(self.scene.train), self.device, self.config.exposure)
 
     def _apply_batch_rule(self) -> None:
         cfg = self.config

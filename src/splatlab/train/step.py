@@ -166,6 +166,9 @@ def train_step(
                 else exposure.apply(image, view.index)
         loss, share, mse = masked_loss(image, view.target, view.mask, losses.ssim_lambda, view.measure)
         shown.append(loss.detach() / share)
+        regulariser = exposure.loss(view.index) if exposure is not None else None
+        if regulariser is not None:
+            loss = loss + regulariser
         if out.depth is not None:
             term = depth_loss(out, view, losses.depth_scale)
             loss = loss if term is None else loss + plan.depth_weight * term
