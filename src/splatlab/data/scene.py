@@ -73,14 +73,16 @@ class View:
     alpha: torch.Tensor | None = None  # [H, W] uint8 opacity of an RGBA source (image is composited)
     point_ids: torch.Tensor | None = None  # [K] int64 rows of Scene.points this view observed (SfM tracks)
     inv_depth: torch.Tensor | None = None  # [H, W] float32 inverse depth prior (depth maps), 0 = unknown
-    has_alpha: bool | None = None  # the source had alpha (default: alpha is not None); known when unloaded
-    has_mask: bool | None = None  # the view has a mask (default: mask is not None); known when unloaded
+    alpha_elsewhere: bool = False  # unloaded: the view has an alpha channel this process did not load
+    mask_elsewhere: bool = False  # unloaded: the view has a mask this process did not load
 
-    def __post_init__(self) -> None:
-        if self.has_alpha is None:
-            self.has_alpha = self.alpha is not None
-        if self.has_mask is None:
-            self.has_mask = self.mask is not None
+    @property
+    def has_alpha(self) -> bool:
+        return self.alpha is not None or self.alpha_elsewhere
+
+    @property
+    def has_mask(self) -> bool:
+        return self.mask is not None or self.mask_elsewhere
 
     @property
     def loaded(self) -> bool:
@@ -101,7 +103,7 @@ class View:
 
     def drop_mask(self) -> None:
         """Train and measure every pixel (--masks off)."""
-        self.mask, self.has_mask = None, False
+        self.mask, self.mask_elsewhere = None, False
 
     @property
     def height(self) -> int:
@@ -243,7 +245,7 @@ def make_view(
 def unloaded_view(camera: Camera, name: str, has_alpha: bool, has_mask: bool) -> View:
     """A view whose pixels another process holds: its camera (at the size the pixels would have)."""
     camera.name = name
-    return View(camera=camera, image=None, name=name, has_alpha=has_alpha, has_mask=has_mask)
+    return View(camera=camera, image=None, name=name, alpha_elsewhere=has_alpha, mask_elsewhere=has_mask)
 
 
 def build_scene(
