@@ -114,7 +114,9 @@ def _load_split(root: Path, json_path: Path, opts: LoadOptions, alpha_seen: list
         for key, actual in (("w", width), ("h", height)):
             expected = frame.get(key, data.get(key))
             if expected is not None and int(expected) != actual:
-                raise DatasetError(f"{path}: image is {width}x{height} pixels but {json_path.name} says {key}={expected}")
+                raise DatasetError(
+                    f"{path}: image is {width}x{height} pixels but {json_path.name} says {key}={expected}"
+                )
         if "fl_x" in data or "fl_x" in frame:
             fx = float(frame.get("fl_x", data.get("fl_x")))
             fy = float(frame.get("fl_y", data.get("fl_y", fx)))
