@@ -234,6 +234,16 @@ def test_fox_points_triangulated_from_known_poses(tmp_path):
         again = load_scene(root, downscale=4, cache_dir=tmp_path, verbose=False)
     assert torch.equal(again.points, scene.points)
     assert all(torch.equal(a.point_ids, b.point_ids) for a, b in zip(again.train, scene.train))
+    # A process holding half of the views decodes the others for triangulation: the same inputs,
+    # so the same cache entry (no second one) and the same points.
+    from splatlab.data.scene import ViewShare
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DatasetWarning)
+        half = load_scene(root, downscale=4, cache_dir=tmp_path, verbose=False, share=ViewShare(0, 2))
+    assert not all(v.loaded for v in half.train)
+    assert torch.equal(half.points, scene.points)
+    assert len(list((tmp_path / "triangulated").iterdir())) == 1
 
 
 def test_triangulation_without_matches_falls_back_to_random_points(tmp_path):

@@ -2,6 +2,8 @@
 
 - ranks end bit-identical after steps with densification and an opacity reset;
 - 2 processes x batch 1 equal 1 process x batch 2 on the same views;
+- each rank loads the pixels of its own share of the views only, and the initial Gaussians, the
+  background sphere's colours and the mask coverage computed from the shares equal one process's;
 - `splatlab train --nproc 2` and `torchrun --standalone --nproc-per-node 2` train a small scene;
 - a killed rank fails the run with a message naming it, the checkpoint stays intact, and
   --resume (with another number of processes) finishes the run;
@@ -22,6 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fixtures_data import write_colmap_text
 from helpers import write_demo_blender
 from splatlab.train.launch import free_port
 
@@ -46,13 +49,11 @@ def train_config(out: Path, batch_size: int):
                        sh_degree=1, progress=False, save_renders=False, strategy=strategy)
 
 
-def two_view_run(data: Path, out: Path, batch_size: int, group=None) -> dict:
+def two_view_run(scene, out: Path, batch_size: int, group=None) -> dict:
     """Train on the first two training views; the final parameters and what densification did."""
-    from splatlab.data import load_scene
     from splatlab.train.events import StepEvent
     from splatlab.train.run import Run
 
-    scene = load_scene(data, verbose=False)
     scene.train = scene.train[:2]
     run = Run(train_config(out, batch_size), scene, group)
     messages: list[str] = []
@@ -62,15 +63,31 @@ def two_view_run(data: Path, out: Path, batch_size: int, group=None) -> dict:
             "step": result.step}
 
 
-def _rank_main(rank: int, port: int, data: str, out: str) -> None:
+def from_the_views(scene, masked_scene, group=None) -> dict:
+    """What a run computes from every training view's pixels: initial Gaussians (hull), the
+    background sphere's Gaussians, the mask coverage (of a scene with masks)."""
+    from splatlab.train.init import background_gaussians, initial_gaussians
+    from splatlab.train.views import mask_cover
+
+    hull, region = initial_gaussians(scene, "hull", 300, 1, 0.1, seed=0, group=group)
+    sky = background_gaussians(scene, 200, 1, 0.8, group)
+    return {"hull": hull.params(), "region": region, "sky": sky.params(), "cover": mask_cover(masked_scene, group)}
+
+
+def _rank_main(rank: int, port: int, data: str, masked: str, out: str) -> None:
+    from splatlab.data import load_scene
     from splatlab.train import distributed
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     distributed.set_threads(1)
     group = distributed.setup(distributed.Topology(rank, 2, rank, 2), "cpu", "gloo", 30.0)
     try:
-        result = two_view_run(Path(data), Path(out), 1, group)
-        torch.save(result, Path(out).parent / f"rank{rank}.pt")
+        scene = load_scene(Path(data), verbose=False, share=group.view_share())
+        shares = {split: [v.loaded for v in getattr(scene, split)] for split in ("train", "test")}
+        masked_scene = load_scene(Path(masked), verbose=False, test_every=0, share=group.view_share())
+        computed = from_the_views(scene, masked_scene, group)
+        result = two_view_run(scene, Path(out), 1, group)
+        torch.save({**result, "shares": shares, "computed": computed}, Path(out).parent / f"rank{rank}.pt")
     finally:
         distributed.teardown()
 
@@ -78,8 +95,29 @@ def _rank_main(rank: int, port: int, data: str, out: str) -> None:
 def test_two_ranks_agree_bit_for_bit_and_equal_one_process_with_batch_2(data, tmp_path):
     import torch.multiprocessing as mp
 
-    mp.spawn(_rank_main, args=(free_port(), str(data), str(tmp_path / "two")), nprocs=2, join=True)
+    from splatlab.data import load_scene
+
+    masked = tmp_path / "masked"
+    write_colmap_text(masked, n_images=5, with_masks=True)
+    mp.spawn(_rank_main, args=(free_port(), str(data), str(masked), str(tmp_path / "two")), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+
+    full = load_scene(data, verbose=False)
+    for rank, r in enumerate((r0, r1)):  # rank r holds views r, r + 2, ... of each split, and no others
+        assert r["shares"] == {split: [k % 2 == rank for k in range(len(getattr(full, split)))]
+                               for split in ("train", "test")}, r["shares"]
+    one = from_the_views(full, load_scene(masked, verbose=False, test_every=0))
+    for r in (r0, r1):
+        computed = r["computed"]
+        assert computed["region"] == one["region"] == "hull"
+        assert computed["cover"] == one["cover"] == 0.5  # (left halves)
+        for name, value in one["sky"].items():  # per-view samples gathered: exactly one process's median
+            assert torch.equal(computed["sky"][name], value), f"background {name}"
+        for name, value in one["hull"].items():  # the same points; colour sums differ in rounding only
+            torch.testing.assert_close(computed["hull"][name], value, rtol=0, atol=1e-6, msg=f"hull {name}")
+        assert torch.equal(computed["hull"]["means"], one["hull"]["means"])
+    for name, value in r0["computed"]["hull"].items():
+        assert torch.equal(value, r1["computed"]["hull"][name]), f"initial {name} differs between the ranks"
     assert any(m.startswith("clone") for m in r0["messages"]) and "opacity reset" in r0["messages"], r0["messages"]
     for name, value in r0["params"].items():
         assert torch.equal(value, r1["params"][name]), f"{name} differs between the ranks"
@@ -88,7 +126,7 @@ def test_two_ranks_agree_bit_for_bit_and_equal_one_process_with_batch_2(data, tm
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        one = two_view_run(data, tmp_path / "one", batch_size=2)
+        one = two_view_run(load_scene(data, verbose=False), tmp_path / "one", batch_size=2)
     finally:
         torch.set_num_threads(threads)
     assert one["messages"] == r0["messages"]

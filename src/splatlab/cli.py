@@ -154,7 +154,8 @@ class Train:
             if main_rank:
                 print(f"info: {choice.reason}", file=sys.stderr)
             cfg = replace(cfg, data=replace(cfg.data, downscale=choice.downscale))
-        scene = load_training_scene(cfg, verbose=main_rank, triangulate=main_rank)
+        scene = load_training_scene(cfg, verbose=main_rank, triangulate=main_rank,
+                                    share=None if group is None else group.view_share())
         if group is not None:  # every process trains the same config on the same dataset
             distributed.share_points(group, scene)
             group.check_same({"config": replace(cfg, progress=True).to_dict(), "dataset": dataset_fingerprint(scene),
@@ -202,18 +203,19 @@ class Train:
         return cfg
 
 
-def load_training_scene(cfg: TrainConfig, verbose: bool = True, triangulate: bool = True):
-    """config -> scene: the dataset as the config says to load it (`triangulate`=False: random
-    points instead of triangulated ones, for ranks that receive rank 0's)."""
+def load_training_scene(cfg: TrainConfig, verbose: bool = True, triangulate: bool = True, share=None):
+    """config -> scene: the dataset as the config says to load it (the pixels of `share`'s views
+    only, when given: a process of a data-parallel run; `triangulate`=False: random points
+    instead of triangulated ones, for ranks that receive rank 0's)."""
     from .data import load_scene
 
     data = cfg.data
     scene = load_scene(data.path, downscale=data.downscale or 1, test_every=data.test_every,
                        eval_split=data.eval_split, device=cfg.device if data.images_on_device else None,
-                       verbose=verbose, triangulate=data.triangulate and triangulate)
+                       verbose=verbose, triangulate=data.triangulate and triangulate, share=share)
     if data.masks == "off":
         for view in scene.train + scene.test:
-            view.mask = None
+            view.drop_mask()
     return scene
 
 
@@ -352,7 +354,7 @@ class Eval:
         scene = load_scene(data, downscale=downscale, eval_split=self.split, verbose=False, triangulate=False)
         if not masks:
             for view in scene.test:
-                view.mask = None
+                view.drop_mask()
         if not scene.test:
             raise CLIError(f"{data} has no test views to evaluate on")
         bg = self.background or _background_of_run(run, scene)

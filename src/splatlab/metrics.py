@@ -98,7 +98,7 @@ def evaluate_views(gaussians, views, settings, lpips: "LPIPS | None" = None, dev
 
 def pixels_counted(views) -> str:
     """Which pixels an evaluation of `views` counts, in words."""
-    masked = sum(v.mask is not None for v in views)
+    masked = sum(v.has_mask for v in views)
     return "all pixels" if masked == 0 else f"masked pixels (the dataset's masks) in {masked} of {len(views)} views"
 
 

@@ -24,16 +24,17 @@ from ..camera import Camera
 from .images import (
     DatasetError,
     composite,
-    downscaled_size,
+    downscaled_camera,
+    image_has_alpha,
+    image_size,
     log,
     parallel_map,
     read_image,
-    rescale_camera,
     resize_area,
     to_uint8,
     warn,
 )
-from .scene import LoadOptions, Scene, build_scene, make_view, random_points
+from .scene import LoadOptions, Scene, build_scene, make_view, random_points, unloaded_view
 
 BLENDER_BOX = 1.3  # 3DGS: random init points uniform in [-1.3, 1.3]^3
 
@@ -108,45 +109,52 @@ def _load_split(root: Path, json_path: Path, opts: LoadOptions, alpha_seen: list
     if not items:
         raise DatasetError(f"{json_path}: none of the {len(frames)} frames' images exist (e.g. {missing[0]})")
 
-    def load_one(item):
-        i, frame, path = item
+    def camera_of(i, frame, path, width, height, name):
         c2w = parse_c2w(json_path, i, frame["transform_matrix"])
-        raw = read_image(path)
-        height, width = raw.shape[:2]
         for key, actual in (("w", width), ("h", height)):
             expected = frame.get(key, data.get(key))
             if expected is not None and int(expected) != actual:
                 raise DatasetError(
                     f"{path}: image is {width}x{height} pixels but {json_path.name} says {key}={expected}"
                 )
-        name = str(Path(str(frame["file_path"])).with_suffix("")).removeprefix("./")
         if "fl_x" in data or "fl_x" in frame:
             fx = float(frame.get("fl_x", data.get("fl_x")))
             fy = float(frame.get("fl_y", data.get("fl_y", fx)))
             cx = float(frame.get("cx", data.get("cx", width / 2)))
             cy = float(frame.get("cy", data.get("cy", height / 2)))
-            camera = Camera.from_opengl_c2w(c2w, fx, fy, cx, cy, width, height, name)
-        else:
-            fov = float(frame.get("camera_angle_x", angle))
-            if not (0 < fov < math.pi):
-                raise DatasetError(f"{json_path}: camera_angle_x must be in (0, pi) radians, got {fov}")
-            camera = Camera.from_blender(c2w, fov, width, height, name)
+            return Camera.from_opengl_c2w(c2w, fx, fy, cx, cy, width, height, name)
+        fov = float(frame.get("camera_angle_x", angle))
+        if not (0 < fov < math.pi):
+            raise DatasetError(f"{json_path}: camera_angle_x must be in (0, pi) radians, got {fov}")
+        return Camera.from_blender(c2w, fov, width, height, name)
+
+    def load_one(k_item):
+        k, (i, frame, path) = k_item
+        name = str(Path(str(frame["file_path"])).with_suffix("")).removeprefix("./")
+        if not opts.holds(k):  # another process's view: its camera from the file header alone
+            camera = camera_of(i, frame, path, *image_size(path), name)
+            return downscaled_camera(camera, opts.downscale), None, name, image_has_alpha(path)
+        raw = read_image(path)
+        height, width = raw.shape[:2]
+        camera = camera_of(i, frame, path, width, height, name)
         alpha = None
         if raw.shape[-1] == 4:
-            alpha_seen.append(name)
             alpha = raw[..., 3]  # kept so the trainer can re-composite over a random background
             data_ = composite(raw, opts.background) if opts.background is not None else raw[..., :3]
         else:
             data_ = raw
         if opts.downscale > 1:
-            size = downscaled_size(width, height, opts.downscale)
+            camera = downscaled_camera(camera, opts.downscale)
+            size = (camera.width, camera.height)
             data_ = resize_area(data_, size)
             alpha = None if alpha is None else resize_area(alpha, size)
-            camera = rescale_camera(camera, *size)
-        return camera, to_uint8(data_), name, alpha
+        return camera, (to_uint8(data_), alpha), name, raw.shape[-1] == 4
 
-    loaded = parallel_map(load_one, items, desc=f"loading {json_path.name}", verbose=opts.verbose)
-    return [make_view(cam, img, name, None, opts.device, alpha) for cam, img, name, alpha in loaded]
+    loaded = parallel_map(load_one, list(enumerate(items)), desc=f"loading {json_path.name}", verbose=opts.verbose)
+    alpha_seen.extend(name for _, _, name, has_alpha in loaded if has_alpha)
+    return [unloaded_view(cam, name, has_alpha, False) if pixels is None else
+            make_view(cam, pixels[0], name, None, opts.device, pixels[1])
+            for cam, pixels, name, has_alpha in loaded]
 
 
 def load_blender(root: Path, opts: LoadOptions) -> Scene:

@@ -26,7 +26,9 @@ from ..camera import Camera
 from .images import (
     DatasetError,
     check_image_size,
+    downscaled_camera,
     finish_image,
+    image_has_alpha,
     image_size,
     import_pycolmap,
     log,
@@ -36,8 +38,9 @@ from .images import (
     warn,
 )
 from .depths import attach_depth_maps
-from .scene import LoadOptions, Scene, build_scene, colmap_model_files, find_colmap_model, make_view, split_by_name
-from .undistort import UndistortCache, UndistortJob, cache_folder, is_distorted, pinhole_of
+from .scene import (LoadOptions, Scene, build_scene, colmap_model_files, find_colmap_model, make_view, split_by_name,
+                    unloaded_view)
+from .undistort import UndistortCache, UndistortJob, cache_folder, final_intrinsics, is_distorted, pinhole_of
 
 # ---- structural checks of the model files -----------------------------------------------------
 
@@ -285,13 +288,18 @@ def load_colmap(
             + (f" (cache: {folder})" if folder is not None else " (no cache)"))
 
     todo = opts.downscale if source_factor == 1 else 1  # downscale still to apply to what is read
-    loaded = parallel_map(lambda job: _load_one(job, cache, todo, opts.background), jobs,
-                          desc=f"loading {len(jobs)} images", verbose=opts.verbose)
+    train_idx, test_idx = split_by_name([job.image.name for job in jobs], opts.test_every)
+    held = opts.held(train_idx, test_idx)  # the others: cameras only (another process's views)
+
+    def load(k: int):
+        return _load_one(jobs[k], cache, todo, opts.background) if k in held else _camera_only(jobs[k], todo)
+
+    loaded = parallel_map(load, range(len(jobs)), desc=f"loading {len(held)} images", verbose=opts.verbose)
     if cache is not None:
         log(opts.verbose, f"undistortion cache: {cache.hits} reused, {cache.misses} computed")
-    views = [make_view(cam, img, job.image.name, mask, opts.device)
+    views = [make_view(cam, img, job.image.name, mask, opts.device) if img is not None else
+             unloaded_view(cam, job.image.name, False, job.mask_path is not None)
              for (cam, img, mask, _), job in zip(loaded, jobs)]
-    train_idx, test_idx = split_by_name([v.name for v in views], opts.test_every)
     points_t, colors_t = _sfm_points(recon, model_dir, views, jobs, opts)
     if (root / "depths").is_dir() and any_distorted:
         warn(f"{root / 'depths'}: depth maps of a dataset with lens distortion are not undistorted here; "
@@ -391,6 +399,16 @@ def _load_one(job: _Job, cache, todo: int, background):
                                f"{job.path.name} is {image.shape[1]}x{image.shape[0]}")
     camera = Camera(intr.fx, intr.fy, intr.cx, intr.cy, _viewmat(job.image), intr.width, intr.height, job.image.name)
     return finish_image(image, mask, camera, todo, background)
+
+
+def _camera_only(job: _Job, todo: int):
+    """`_load_one`'s result without decoding the pixels: (pinhole Camera, None, None, whether the file has alpha)."""
+    if job.distorted:
+        intr, todo = final_intrinsics(job.camera, todo), 1
+    else:
+        intr = pinhole_of(job.camera)
+    camera = Camera(intr.fx, intr.fy, intr.cx, intr.cy, _viewmat(job.image), intr.width, intr.height, job.image.name)
+    return downscaled_camera(camera, todo), None, None, image_has_alpha(job.path)
 
 
 def _sfm_points(recon, model_dir: Path, views: list, jobs: list[_Job], opts: LoadOptions):

@@ -60,6 +60,7 @@ def attach_depth_maps(root: Path, model_dir: Path, views: list, points: Optional
     params = json.loads(params_path.read_text()) if params_path.is_file() else None
     med = float(np.median([p["scale"] for p in params.values()])) if params else None
     missing, unreliable = [], []
+    views = [v for v in views if v.loaded]  # the others' depth is another process's to load
     for view in views:
         stem = Path(view.name).stem
         path = folder / f"{stem}.png"

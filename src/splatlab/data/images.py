@@ -84,6 +84,21 @@ def _to_uint8(img: Image.Image) -> Image.Image:
     return img
 
 
+def _mode_has_alpha(img: Image.Image) -> bool:
+    return img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (img.mode == "P" and "transparency" in img.info)
+
+
+def image_has_alpha(path: Path) -> bool:
+    """Whether `read_image` would return an alpha channel, from the file header (no decoding)."""
+    try:
+        with Image.open(path) as img:
+            return _mode_has_alpha(img)  # (16-bit and float modes have none)
+    except FileNotFoundError as exc:
+        raise DatasetError(f"{path}: image file does not exist") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DatasetError(f"{path}: not a readable image file ({exc})") from exc
+
+
 def read_image(path: Path, *, keep_alpha: bool = True) -> np.ndarray:
     """Read an image file fully into a ``uint8`` array ``[H, W, 3]`` or ``[H, W, 4]`` (with alpha).
 
@@ -96,9 +111,7 @@ def read_image(path: Path, *, keep_alpha: bool = True) -> np.ndarray:
         with Image.open(path) as img:
             img.load()  # decode everything now: truncated files fail here, not during training
             img = _to_uint8(img)
-            has_alpha = img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
-                img.mode == "P" and "transparency" in img.info
-            )
+            has_alpha = _mode_has_alpha(img)
             img = img.convert("RGBA" if (has_alpha and keep_alpha) else "RGB")
             arr = np.asarray(img, dtype=np.uint8)
     except UnidentifiedImageError as exc:
@@ -203,11 +216,16 @@ def finish_image(image: np.ndarray, mask, camera: Camera, todo: int, background)
     if has_alpha:
         data = composite(image, background) if background is not None else image[..., :3]
     if todo > 1:
-        size = downscaled_size(camera.width, camera.height, todo)
+        camera = downscaled_camera(camera, todo)
+        size = (camera.width, camera.height)
         data = resize_area(data, size)
         mask = None if mask is None else resize_area(mask, size)
-        camera = rescale_camera(camera, *size)
     return camera, to_uint8(data), mask, has_alpha
+
+
+def downscaled_camera(camera: Camera, todo: int) -> Camera:
+    """The camera of its image area-downscaled by `todo` (as `finish_image` does; no pixels needed)."""
+    return rescale_camera(camera, *downscaled_size(camera.width, camera.height, todo)) if todo > 1 else camera
 
 
 def check_image_size(

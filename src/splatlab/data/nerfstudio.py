@@ -44,7 +44,9 @@ from .blender import get_frames, parse_c2w, read_json, resolve_image
 from .images import (
     DatasetError,
     check_image_size,
+    downscaled_camera,
     finish_image,
+    image_has_alpha,
     image_size,
     import_pycolmap,
     log,
@@ -55,8 +57,8 @@ from .images import (
     resolve_downscaled_path,
     warn,
 )
-from .scene import LoadOptions, Scene, build_scene, make_view, random_points, split_by_name
-from .undistort import UndistortCache, UndistortJob, cache_folder
+from .scene import LoadOptions, Scene, build_scene, make_view, random_points, split_by_name, unloaded_view
+from .undistort import UndistortCache, UndistortJob, cache_folder, final_intrinsics
 
 _INTRINSIC_KEYS = (
     "fl_x", "fl_y", "cx", "cy", "w", "h", "k1", "k2", "k3", "k4", "p1", "p2",
@@ -173,12 +175,18 @@ def load_nerfstudio(json_path: Path, opts: LoadOptions) -> Scene:
         cache = UndistortCache(folder)
         log(opts.verbose, f"undistorting {sum(j['distorted'] is not None for j in jobs)} images to pinhole"
             + (f" (cache: {folder})" if folder is not None else " (no cache)"))
-    loaded = parallel_map(lambda job: _load_frame(job, cache, opts), jobs,
-                          desc=f"loading {len(jobs)} images", verbose=opts.verbose)
+    train_idx, test_idx = _split(data, [job["name"] for job in jobs], opts)
+    held = opts.held(train_idx, test_idx)  # the others: cameras only (another process's views)
+
+    def load(k: int):
+        return _load_frame(jobs[k], cache, opts) if k in held else _frame_camera(jobs[k])
+
+    loaded = parallel_map(load, range(len(jobs)), desc=f"loading {len(held)} images", verbose=opts.verbose)
     if cache is not None:
         log(opts.verbose, f"undistortion cache: {cache.hits} reused, {cache.misses} computed")
-    views = [make_view(cam, img, job["name"], mask, opts.device) for (cam, img, mask, _), job in zip(loaded, jobs)]
-    train_idx, test_idx = _split(data, views, opts)
+    views = [make_view(cam, img, job["name"], mask, opts.device) if img is not None else
+             unloaded_view(cam, job["name"], False, job["mask"] is not None)
+             for (cam, img, mask, _), job in zip(loaded, jobs)]
 
     points = colors = None
     ply = data.get("ply_file_path")
@@ -191,7 +199,11 @@ def load_nerfstudio(json_path: Path, opts: LoadOptions) -> Scene:
             warn(f"{json_path}: ply_file_path {ply} does not exist; using random initial points")
     source = "ply" if points is not None else None
     if points is None and opts.triangulate and opts.num_random_points > 0:
-        points, colors = _triangulated_points([views[k] for k in train_idx], opts)
+        def pixels(i: int):  # a training view's image, decoded here when this process does not hold it
+            k = train_idx[i]
+            return views[k].image.cpu().numpy() if views[k].loaded else _load_frame(jobs[k], cache, opts)[1]
+
+        points, colors = _triangulated_points([views[k] for k in train_idx], opts, pixels)
         source = None if points is None else "triangulated"
     random_pts = points is None
     if random_pts:
@@ -207,12 +219,12 @@ def load_nerfstudio(json_path: Path, opts: LoadOptions) -> Scene:
                        info=info)
 
 
-def _triangulated_points(train_views: list, opts: LoadOptions):
+def _triangulated_points(train_views: list, opts: LoadOptions, pixels):
     """(points, colours) triangulated from the training views' known poses, each view given the
     rows it observed (for the depth prior); (None, None) when triangulation fails."""
     from .triangulate import points_from_poses
 
-    result = points_from_poses(train_views, opts.cache_root, opts.verbose, opts.seed)
+    result = points_from_poses(train_views, opts.cache_root, opts.verbose, opts.seed, pixels)
     if result is None:
         return None, None
     points, colors, seen = result
@@ -267,16 +279,36 @@ def _frame_job(json_path: Path, root: Path, top: dict, i: int, frame: dict, rel:
                 distorted=distorted, size=(width, height), mask=mask, downscale=n)
 
 
+def _distorted_at_source(job: dict):
+    """The pycolmap camera of the frame's file (the distorted model, rescaled to a downscaled file)."""
+    cam = job["distorted"]
+    if job["factor"] > 1:
+        width, height = job["size"]
+        sw, sh = image_size(job["path"])
+        cam = import_pycolmap().Camera(model=cam.model, width=width, height=height, params=list(cam.params))
+        cam.rescale(int(sw), int(sh))
+    return cam
+
+
+def _frame_camera(job: dict):
+    """`_load_frame`'s result without decoding the pixels: (pinhole Camera, None, None, whether the file has alpha)."""
+    width, height = job["size"]
+    todo = job["downscale"] if job["factor"] == 1 else 1
+    if job["distorted"] is not None:
+        intr = final_intrinsics(_distorted_at_source(job), todo)
+        camera = Camera.from_opengl_c2w(job["c2w"], intr.fx, intr.fy, intr.cx, intr.cy, intr.width, intr.height)
+    else:
+        camera = Camera.from_opengl_c2w(job["c2w"], *job["pinhole"], width, height)
+        camera = downscaled_camera(rescale_camera(camera, *image_size(job["path"])), todo)
+    return camera, None, None, image_has_alpha(job["path"])
+
+
 def _load_frame(job: dict, cache, opts: LoadOptions):
     """(pinhole Camera, uint8 image [H, W, 3], mask or None, whether the file had alpha)."""
     width, height = job["size"]
     todo = job["downscale"] if job["factor"] == 1 else 1  # downscale still to apply to what is read
     if job["distorted"] is not None:  # undistorted at the stored resolution, then downscaled
-        cam = job["distorted"]
-        if job["factor"] > 1:
-            sw, sh = image_size(job["path"])
-            cam = import_pycolmap().Camera(model=cam.model, width=width, height=height, params=list(cam.params))
-            cam.rescale(int(sw), int(sh))
+        cam = _distorted_at_source(job)
         image, mask, intr = cache.load(UndistortJob(job["name"], job["path"], cam, job["mask"]), todo)
         todo = 1
         camera = Camera.from_opengl_c2w(job["c2w"], intr.fx, intr.fy, intr.cx, intr.cy, intr.width, intr.height)
@@ -294,18 +326,19 @@ def _load_frame(job: dict, cache, opts: LoadOptions):
     return finish_image(image, mask, camera, todo, opts.background)
 
 
-def _split(data: dict, views: list, opts: LoadOptions) -> tuple[list[int], list[int]]:
-    """(train, test) indices: the json's <split>_filenames lists when present, else every N-th by name."""
+def _split(data: dict, names: list[str], opts: LoadOptions) -> tuple[list[int], list[int]]:
+    """(train, test) indices of the frames `names`: the json's <split>_filenames lists when present,
+    else every N-th by name."""
     listed = data.get(f"{opts.eval_split}_filenames") if opts.eval_split else None
     if not (isinstance(listed, list) and listed):
-        return split_by_name([v.name for v in views], opts.test_every)
+        return split_by_name(names, opts.test_every)
     wanted = {str(Path(p)).removeprefix("./") for p in listed}
-    test_idx = [k for k, v in enumerate(views) if v.name in wanted]
+    test_idx = [k for k, name in enumerate(names) if name in wanted]
     train_listed = data.get("train_filenames")
     if isinstance(train_listed, list) and train_listed:
         train_names = {str(Path(p)).removeprefix("./") for p in train_listed}
-        train_idx = [k for k, v in enumerate(views) if v.name in train_names]
+        train_idx = [k for k, name in enumerate(names) if name in train_names]
     else:
-        train_idx = [k for k in range(len(views)) if k not in set(test_idx)]
+        train_idx = [k for k in range(len(names)) if k not in set(test_idx)]
     log(opts.verbose, f"split from {opts.eval_split}_filenames: {len(train_idx)} train, {len(test_idx)} test")
     return train_idx, test_idx

@@ -59,28 +59,59 @@ KINDS = ("colmap", "blender", "nerfstudio", "photos")
 
 @dataclass
 class View:
-    """One posed image: a pinhole camera (OpenCV convention) and its pixels."""
+    """One posed image: a pinhole camera (OpenCV convention) and its pixels.
+
+    A view another process trains on (`LoadOptions.share`) is *unloaded*: camera, name, SfM
+    point ids and whether it has alpha / a mask are there, its pixels (image, mask, alpha,
+    depth) are None.
+    """
 
     camera: Camera  # pinhole (undistorted), OpenCV convention, width/height = image size
-    image: torch.Tensor  # [H, W, 3] uint8
+    image: torch.Tensor | None  # [H, W, 3] uint8; None when unloaded
     name: str
     mask: torch.Tensor | None = None  # [H, W] bool, True = valid pixel
     alpha: torch.Tensor | None = None  # [H, W] uint8 opacity of an RGBA source (image is composited)
     point_ids: torch.Tensor | None = None  # [K] int64 rows of Scene.points this view observed (SfM tracks)
     inv_depth: torch.Tensor | None = None  # [H, W] float32 inverse depth prior (depth maps), 0 = unknown
+    alpha_elsewhere: bool = False  # unloaded: the view has an alpha channel this process did not load
+    mask_elsewhere: bool = False  # unloaded: the view has a mask this process did not load
+
+    @property
+    def has_alpha(self) -> bool:
+        return self.alpha is not None or self.alpha_elsewhere
+
+    @property
+    def has_mask(self) -> bool:
+        return self.mask is not None or self.mask_elsewhere
+
+    @property
+    def loaded(self) -> bool:
+        """Whether this process holds the view's pixels."""
+        return self.image is not None
+
+    def pixels(self) -> torch.Tensor:
+        """The image [H, W, 3] uint8; an error naming the view when this process did not load it."""
+        if self.image is None:
+            raise RuntimeError(f"{self.name}: the pixels of this view were not loaded here (another process "
+                               "holds them: LoadOptions.share); only its camera is known")
+        return self.image
 
     def image_float(self, device=None) -> torch.Tensor:
         """[H, W, 3] float32 in [0, 1] (moved to `device` first, then converted)."""
-        image = self.image if device is None else self.image.to(device, non_blocking=True)
+        image = self.pixels() if device is None else self.pixels().to(device, non_blocking=True)
         return image.to(torch.float32) / 255.0
+
+    def drop_mask(self) -> None:
+        """Train and measure every pixel (--masks off)."""
+        self.mask, self.mask_elsewhere = None, False
 
     @property
     def height(self) -> int:
-        return int(self.image.shape[0])
+        return int(self.camera.height if self.image is None else self.image.shape[0])
 
     @property
     def width(self) -> int:
-        return int(self.image.shape[1])
+        return int(self.camera.width if self.image is None else self.image.shape[1])
 
 
 @dataclass
@@ -106,6 +137,22 @@ class Scene:
         )
 
 
+@dataclass(frozen=True)
+class ViewShare:
+    """The views one of `world` processes loads the pixels of: in each split (train, test), the
+    views at index rank, rank + world, rank + 2 world, ... (the ones it trains on and evaluates)."""
+
+    rank: int
+    world: int
+
+    def __post_init__(self) -> None:
+        if not (self.world >= 1 and 0 <= self.rank < self.world):
+            raise ValueError(f"ViewShare: rank must be in [0, world), got rank {self.rank} of {self.world}")
+
+    def holds(self, index: int) -> bool:
+        return index % self.world == self.rank
+
+
 @dataclass
 class LoadOptions:
     """`load_scene`'s options, passed on to the layout loaders."""
@@ -121,6 +168,15 @@ class LoadOptions:
     verbose: bool = True
     sfm: object | None = None  # photos.SfMOptions
     triangulate: bool = True  # poses without points (nerfstudio): triangulate points (data/triangulate.py)
+    share: ViewShare | None = None  # None: load every view's pixels
+
+    def holds(self, index: int) -> bool:
+        """Whether to load the pixels of the view at `index` of its split (train or test)."""
+        return self.share is None or self.share.holds(index)
+
+    def held(self, train: Sequence[int], test: Sequence[int]) -> set[int]:
+        """Of a loader's items split into `train` and `test` (indices into its list), the ones to load."""
+        return {i for indices in (train, test) for k, i in enumerate(indices) if self.holds(k)}
 
 
 # ---- shared helpers used by the loaders ----------------------------------------------------
@@ -185,6 +241,12 @@ def make_view(
         alpha_t = alpha_t.to(device)
     camera.name = name
     return View(camera=camera, image=img_t, name=name, mask=mask_t, alpha=alpha_t)
+
+
+def unloaded_view(camera: Camera, name: str, has_alpha: bool, has_mask: bool) -> View:
+    """A view whose pixels another process holds: its camera (at the size the pixels would have)."""
+    camera.name = name
+    return View(camera=camera, image=None, name=name, alpha_elsewhere=has_alpha, mask_elsewhere=has_mask)
 
 
 def build_scene(
@@ -299,6 +361,7 @@ def load_scene(
     verbose: bool = True,
     sfm=None,
     triangulate: bool = True,
+    share: ViewShare | None = None,
 ) -> Scene:
     """Load a dataset folder into a training-ready `Scene`.
 
@@ -326,6 +389,8 @@ def load_scene(
         triangulate: nerfstudio/instant-ngp data without a point cloud: triangulate initial points
             from the known poses with pycolmap (``splatlab.data.triangulate``; seconds, cached).
             False (or ``num_random_points=0``): random points, or none.
+        share: load the pixels of this process's share of the views only (data-parallel
+            training); the other views come with their cameras and names (`View.loaded` False).
     """
     path = Path(path).expanduser()
     if isinstance(downscale, bool) or int(downscale) != downscale or downscale < 1:
@@ -358,6 +423,7 @@ def load_scene(
         verbose=bool(verbose),
         sfm=sfm,
         triangulate=bool(triangulate),
+        share=share,
     )
     log(opts.verbose, f"{path}: detected a {kind} dataset")
     if kind == "blender":

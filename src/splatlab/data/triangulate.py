@@ -44,25 +44,30 @@ MIN_TRACK = 3  # a point must be seen by at least this many views (two-view poin
 MIN_POINTS = 100  # fewer points than this is a failed triangulation: the caller falls back
 
 
-def views_key(views) -> str:
+def views_key(views, pixels) -> str:
     """A hash of what triangulation depends on: names, cameras and pixels of the views."""
     h = hashlib.sha1(f"v{TRIANGULATE_VERSION}".encode())
-    for v in views:
+    for i, v in enumerate(views):
         cam = v.camera
         h.update(v.name.encode())
         h.update(np.asarray([cam.fx, cam.fy, cam.cx, cam.cy, cam.width, cam.height], np.float64).tobytes())
         h.update(cam.viewmat.double().cpu().numpy().tobytes())
-        h.update(v.image.cpu().numpy().tobytes())
+        h.update(np.ascontiguousarray(pixels(i)).tobytes())
     return h.hexdigest()[:16]
 
 
-def points_from_poses(views, cache_root: Path | None, verbose: bool = True, seed: int = 0):
+def points_from_poses(views, cache_root: Path | None, verbose: bool = True, seed: int = 0, pixels=None):
     """(points [P, 3] float32, colours [P, 3] float32 in [0, 1], per view the [K] int64 rows of
     the points it observed) triangulated from `views`, or None when triangulation fails (too few
-    matches): the caller then falls back to random points."""
+    matches): the caller then falls back to random points. `pixels(i)` gives view i's uint8
+    [H, W, 3] image (default: the view's own; a process holding only its share of the views
+    decodes the others one at a time)."""
     if len(views) < 2:
         return None
-    key = views_key(views)
+    if pixels is None:
+        def pixels(i):
+            return views[i].image.cpu().numpy()
+    key = views_key(views, pixels)
     folder = (cache_root / "triangulated" / key) if cache_root is not None else None
     cached = _read_cached(folder)
     if cached is not None:
@@ -77,7 +82,7 @@ def points_from_poses(views, cache_root: Path | None, verbose: bool = True, seed
     try:
         t0 = time.perf_counter()
         try:
-            points, colors, seen_by = _triangulate(views, tmp, seed)  # [P, 3], [P, 3], [O, 2]
+            points, colors, seen_by = _triangulate(views, pixels, tmp, seed)  # [P, 3], [P, 3], [O, 2]
         except Exception as exc:  # noqa: BLE001 - pycolmap's errors: fall back, and say why
             warn(f"triangulation from the known poses failed ({type(exc).__name__}: {exc}); "
                  "using random initial points instead")
@@ -122,13 +127,13 @@ def _as_tensors(points: np.ndarray, colors: np.ndarray, seen_by: np.ndarray, num
     return torch.from_numpy(points), torch.from_numpy(colors), ids
 
 
-def _triangulate(views, work: Path, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _triangulate(views, pixels, work: Path, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     pycolmap = import_pycolmap()
     image_dir = work / "images"
     image_dir.mkdir()
     names = [f"{i:05d}.png" for i in range(len(views))]  # safe names; order = views
-    for name, v in zip(names, views):
-        Image.fromarray(v.image.cpu().numpy()).save(image_dir / name, compress_level=1)
+    for i, name in enumerate(names):
+        Image.fromarray(np.ascontiguousarray(pixels(i))).save(image_dir / name, compress_level=1)
     database = work / "database.db"
     level = pycolmap.logging.minloglevel
     pycolmap.logging.minloglevel = 2  # its per-image logging would flood the run's log

@@ -98,6 +98,13 @@ def undistorted_intrinsics(camera) -> PinholeIntrinsics:
     return pinhole_of(pycolmap.undistort_camera(_options(pycolmap), camera))
 
 
+def final_intrinsics(camera, downscale: int = 1) -> PinholeIntrinsics:
+    """The pinhole intrinsics of `camera`'s image undistorted, then downscaled (what `UndistortCache.load`
+    returns with its pixels; computed without them)."""
+    intr = undistorted_intrinsics(camera)
+    return _downscaled(intr, downscale) if downscale > 1 else intr
+
+
 def _undistort_array(arr: np.ndarray, camera) -> tuple[np.ndarray, object]:
     """Warp one ``uint8 [H, W, 3]`` or ``[H, W]`` array; returns (array, pinhole pycolmap camera)."""
     from .images import import_pycolmap
@@ -212,9 +219,7 @@ class UndistortCache:
         The image is undistorted at the stored resolution (best quality), then area-downscaled by
         `downscale`; the cache keeps that final result, so later loads decode only small files.
         """
-        intr = undistorted_intrinsics(job.camera)
-        if downscale > 1:
-            intr = _downscaled(intr, downscale)
+        intr = final_intrinsics(job.camera, downscale)
         image_file = mask_file = None
         if self.folder is not None:
             key = self._key(job, downscale)

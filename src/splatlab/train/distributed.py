@@ -6,7 +6,8 @@ own views; the gradients (one all-reduce per tensor, in flight together) and the
 optimizer step, so every process takes the same Adam step and makes the same clone / split /
 prune / reset decisions from the same numbers: the models never diverge.
 
-    rank r of N owns the training views r, r+N, r+2N, ...      (shard; it loads only those)
+    rank r of N owns the training views r, r+N, r+2N, ...      (shard; it loads only those,
+                                                                and the test views r, r+N, ...)
     a step: each rank takes `batch_size` views of its shard    (ShardSampler, stateless)
     effective batch B = N * batch_size                         (learning-rate rule: batch_rule)
 
@@ -143,6 +144,13 @@ class Group:
         """The indices of n items this rank owns: rank, rank + N, rank + 2N, ..."""
         return list(range(self.rank, n, self.world))
 
+    def view_share(self):
+        """What this rank loads of a dataset (the same rule as `shard`, in each split), or None
+        (everything) with one process."""
+        from ..data.scene import ViewShare
+
+        return ViewShare(self.rank, self.world) if self.distributed else None
+
     def _call(self, what: str, fn: Callable[[], Any]) -> Any:
         """Run a collective; a dead or hung peer becomes a DistributedError naming this rank."""
         try:
@@ -190,6 +198,31 @@ class Group:
             self._call("the densification-statistics all-reduce", lambda: dist.all_reduce(flat, op=op))
             for t, chunk in zip(tensors, flat.split([t.numel() for t in tensors])):
                 t.copy_(chunk.view_as(t))
+
+    def sum_(self, *tensors: torch.Tensor, what: str) -> None:
+        """Sum each tensor over the ranks, in place (every rank gets the same bits)."""
+        if not self.distributed:
+            return
+        import torch.distributed as dist
+
+        for t in tensors:
+            self._in_place(t, lambda x: dist.all_reduce(x, op=dist.ReduceOp.SUM), what)
+
+    def broadcast_(self, tensors: list[torch.Tensor], what: str) -> None:
+        """Rank 0's values of `tensors` (same shapes on every rank), in place on every rank."""
+        if not self.distributed:
+            return
+        import torch.distributed as dist
+
+        for t in tensors:
+            self._in_place(t, lambda x: dist.broadcast(x, src=0), what)
+
+    def _in_place(self, t: torch.Tensor, collective: Callable[[torch.Tensor], Any], what: str) -> None:
+        """A collective on `t` where the backend can reach it (NCCL: the GPU), the result in `t`."""
+        moved = t.to(self.device).contiguous()  # t itself when it already is
+        self._call(what, lambda: collective(moved))
+        if moved is not t:
+            t.copy_(moved)
 
     def agree(self, elapsed: float, stop: bool) -> tuple[float, bool]:
         """The slowest rank's training time and whether any rank was asked to stop: every

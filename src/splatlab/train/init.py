@@ -22,18 +22,27 @@ cameras themselves say where the scene is:
 Candidates are drawn in two rounds: a first batch in the camera box locates the accepted region,
 the rest is drawn in that region's bounding box (slightly padded), so a small hull still gets
 its `n` points quickly.
+
+Data-parallel runs (a `Group` of N processes): each process holds the pixels of its own share of
+the training views only (train/distributed.py). Every process draws the same candidates; the
+pixel tests and colours of its own views are summed over the processes (counts exactly, colour
+sums up to rounding), and the background colours' per-view samples are gathered, so that every
+process places the same Gaussians.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Literal, Optional
+from typing import TYPE_CHECKING, Literal, Optional
 
 import torch
 
 from ..gaussians import Gaussians
 from ..sh import num_sh_bases, rgb_to_sh0
+
+if TYPE_CHECKING:  # (distributed imports config, which imports this module)
+    from .distributed import Group
 
 InitRegion = Literal["auto", "points", "hull", "frusta", "box"]
 HULL_TOLERANCE = 0.02  # fraction of the seeing views allowed to put a point on background
@@ -51,7 +60,7 @@ def resolve_region(scene, region: InitRegion) -> str:
     if region != "auto":
         return region
     random_points = not has_points or bool(scene.info.get("random_points", False))
-    if random_points and all(v.alpha is not None for v in scene.train):
+    if random_points and all(v.has_alpha for v in scene.train):
         return "hull"
     return "points" if has_points else "frusta"
 
@@ -64,14 +73,16 @@ def random_init(
     init_opacity: float = 0.1,
     min_view_fraction: float = 0.5,
     generator: Optional[torch.Generator] = None,
+    group: Optional[Group] = None,
 ) -> tuple[Gaussians, str]:
     """`n` Gaussians placed in `region` ("hull", "frusta" or "box", see the module doc);
-    returns them and the region used ("box" when the views agree on no region)."""
+    returns them and the region used ("box" when the views agree on no region). With a `group`,
+    this process reads the pixels of its own share of the views (see the module doc)."""
     if n <= 0:
         raise ValueError(f"number of initial Gaussians must be positive, got {n}")
     if region not in ("hull", "frusta", "box"):
         raise ValueError(f"unknown random init region {region!r}: expected hull, frusta or box")
-    if region == "hull" and not all(v.alpha is not None for v in scene.train):
+    if region == "hull" and not all(v.has_alpha for v in scene.train):
         raise ValueError("init region 'hull' needs training images with an alpha channel (e.g. Blender RGBA)")
     centre = torch.stack([v.camera.position.float() for v in scene.train]).mean(0)
     half = max(float(scene.extent), 1e-3)
@@ -80,7 +91,8 @@ def random_init(
         return Gaussians.random(n, lo.tolist(), hi.tolist(), sh_degree, init_opacity, generator=generator), region
 
     carve = region == "hull"
-    first, first_colors = _accepted(scene, _uniform(_BATCH, lo, hi, generator), carve, min_view_fraction)
+    mine = own_views(scene.train, group) if carve else set()
+    first, first_colors = _accepted(scene, _uniform(_BATCH, lo, hi, generator), carve, min_view_fraction, mine, group)
     if len(first) < 16:  # the views agree on (almost) nothing: fall back to the camera box
         return Gaussians.random(n, lo.tolist(), hi.tolist(), sh_degree, init_opacity, generator=generator), "box"
     pad = 0.02 * (first.amax(0) - first.amin(0)) + 1e-6
@@ -88,7 +100,7 @@ def random_init(
     points, colors = [], []
     total = 0
     for _ in range(50):  # bounded: each round accepts a fair share of the tight box
-        p, c = _accepted(scene, _uniform(_BATCH, lo2, hi2, generator), carve, min_view_fraction)
+        p, c = _accepted(scene, _uniform(_BATCH, lo2, hi2, generator), carve, min_view_fraction, mine, group)
         points.append(p)
         colors.append(c)
         total += len(p)
@@ -105,9 +117,23 @@ def _uniform(m: int, lo: torch.Tensor, hi: torch.Tensor, generator) -> torch.Ten
     return lo + (hi - lo) * torch.rand(m, 3, generator=generator)  # [m, 3]
 
 
+def own_views(views: list, group: Optional[Group]) -> set[int]:
+    """The indices of the views whose pixels this process reads: all with one process, else its
+    shard (which it must have loaded)."""
+    mine = set(range(len(views)) if group is None else group.shard(len(views)))
+    missing = [views[i].name for i in sorted(mine) if not views[i].loaded]
+    if missing:
+        raise RuntimeError(f"the pixels of {len(missing)} of this process's views are not loaded "
+                           f"(e.g. {missing[0]}): load the scene with share=group.view_share()")
+    return mine
+
+
 @torch.no_grad()
-def _accepted(scene, points: torch.Tensor, carve: bool, min_view_fraction: float):
+def _accepted(scene, points: torch.Tensor, carve: bool, min_view_fraction: float, mine: set[int],
+              group: Optional[Group] = None):
     """The candidates that pass the view test, and their mean colour over the views that see them.
+    Every view's camera counts for `seen`; the pixels of the views `mine` for `covered` and the
+    colours, summed over the group's processes.
 
     points [M, 3] -> ([K, 3], [K, 3]).
     """
@@ -115,18 +141,20 @@ def _accepted(scene, points: torch.Tensor, carve: bool, min_view_fraction: float
     seen = torch.zeros(m)
     covered = torch.zeros(m)
     color_sum = torch.zeros(m, 3)
-    for view in scene.train:
+    for i, view in enumerate(scene.train):
         uvz = view.camera.project(points.double()).float()  # [M, 3]
         u, v, z = uvz[:, 0], uvz[:, 1], uvz[:, 2]
         inside = (z > 1e-3) & (u >= 0) & (v >= 0) & (u < view.width) & (v < view.height)
         seen += inside
-        if not carve:
+        if not carve or i not in mine:
             continue
         iu = u.clamp(0, view.width - 1).long()
         iv = v.clamp(0, view.height - 1).long()
         on = inside & (view.alpha[iv, iu] > 0)
         covered += on
         color_sum += view.image[iv, iu].float() / 255.0 * on.unsqueeze(-1)
+    if carve and group is not None:
+        group.sum_(covered, color_sum, what="the initial Gaussians' pixel test")
     keep = seen >= min_view_fraction * len(scene.train)
     if carve:
         keep &= covered >= (1.0 - HULL_TOLERANCE) * seen
@@ -135,7 +163,8 @@ def _accepted(scene, points: torch.Tensor, carve: bool, min_view_fraction: float
 
 
 def initial_gaussians(scene, region: InitRegion, num_random: int, sh_degree: int, init_opacity: float,
-                      seed: int, init_model: Optional[Path] = None) -> tuple[Gaussians, str]:
+                      seed: int, init_model: Optional[Path] = None,
+                      group: Optional[Group] = None) -> tuple[Gaussians, str]:
     """The Gaussians a run starts from, and the region they were placed in (see the module doc);
     `init_model`, a model file of any format, replaces the dataset's points."""
     if init_model is not None:
@@ -143,7 +172,8 @@ def initial_gaussians(scene, region: InitRegion, num_random: int, sh_degree: int
     used = resolve_region(scene, region)
     if used == "points":
         return Gaussians.from_points(scene.points, scene.point_colors, sh_degree, init_opacity), used
-    return random_init(scene, num_random, used, sh_degree, init_opacity, generator=torch.Generator().manual_seed(seed))
+    return random_init(scene, num_random, used, sh_degree, init_opacity,
+                       generator=torch.Generator().manual_seed(seed), group=group)
 
 
 def model_init(path: Path, sh_degree: int) -> Gaussians:
@@ -181,25 +211,32 @@ def background_sphere(scene) -> tuple[torch.Tensor, float]:
 
 
 @torch.no_grad()
-def background_gaussians(scene, n: int, sh_degree: int, opacity: float) -> Gaussians | None:
+def background_gaussians(scene, n: int, sh_degree: int, opacity: float,
+                         group: Optional[Group] = None) -> Gaussians | None:
     """Gaussians on a sphere around the scene for the sky, far walls and floor beyond the SfM
     points, so that they are learned instead of left to the background colour.
 
     `n` directions evenly over the sphere at twice the reach of the SfM points; the ones that
     no training view sees are dropped. Each is coloured with the median, over the views that
     see it, of the pixel it projects to (the median ignores the views where the object is in
-    front), and is as wide as the spacing of its neighbours.
+    front), and is as wide as the spacing of its neighbours. With a `group`, each process samples
+    its own views and the samples are gathered (a sum where each view's row comes from one
+    process, zeros elsewhere: exact), so every process gets the same median.
     """
     centre, radius = background_sphere(scene)
     points = centre + radius * fibonacci_sphere(n)  # [n, 3]
-    samples = []  # per view: [n, 3] colour, NaN where the view does not see the point
-    for view in scene.train:
+    # per view: [n, 3] colour, NaN where the view does not see the point
+    samples = torch.zeros(len(scene.train), n, 3, dtype=torch.float64)  # [V, n, 3]
+    for i in sorted(own_views(scene.train, group)):
+        view = scene.train[i]
         uvz = view.camera.project(points)  # [n, 3]
         u, v, z = uvz.unbind(-1)
         inside = (z > 0) & (u >= 0) & (v >= 0) & (u < view.width) & (v < view.height)
         rgb = view.image[v.clamp(0, view.height - 1).long(), u.clamp(0, view.width - 1).long()].double() / 255.0
-        samples.append(torch.where(inside.unsqueeze(-1), rgb, torch.full_like(rgb, float("nan"))))
-    colours = torch.stack(samples).nanmedian(dim=0).values  # [n, 3]
+        samples[i] = torch.where(inside.unsqueeze(-1), rgb, torch.full_like(rgb, float("nan")))
+    if group is not None:
+        group.sum_(samples, what="gathering the background colour samples")
+    colours = samples.nanmedian(dim=0).values  # [n, 3]
     seen = ~colours.isnan().any(-1)
     if not seen.any():
         return None

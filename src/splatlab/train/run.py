@@ -38,7 +38,7 @@ from .schedule import exp_decay, resolution_divisor, sh_degree_at
 from .state import TrainState, seed_everything
 from .exposure import make_appearance
 from .step import LossSettings, StepPlan, StepResult, StepView, train_step
-from .views import mask_message, resolve_mask_mode, step_view
+from .views import mask_cover, mask_message, resolve_mask_mode, step_view
 from .strategy import DefaultStrategy, DefaultStrategyConfig, MCMCStrategy, Strategy
 
 LOG_EVERY = 10  # steps between StepEvents (and host reads of the loss)
@@ -110,7 +110,7 @@ class Run:
         if self.group.world > len(scene.train):
             raise ConfigError(f"{self.group.world} processes but the scene at {scene.path} has only "
                               f"{len(scene.train)} training views: use at most --nproc {len(scene.train)}")
-        if config.random_background and (scene.background is None or any(v.alpha is None for v in scene.train)):
+        if config.random_background and (scene.background is None or not all(v.has_alpha for v in scene.train)):
             raise ConfigError(
                 "--random-background needs training images with an alpha channel composited over a known "
                 "background (e.g. Blender RGBA); this scene has none"
@@ -127,7 +127,8 @@ class Run:
         self.strategy = make_strategy(config.strategy)
         if self.group.distributed and hasattr(self.strategy, "reduce_statistics"):
             self.strategy.reduce_statistics = self.group.reduce_statistics
-        self.mask_mode = resolve_mask_mode(scene, config.data.masks)
+        self.mask_cover = mask_cover(scene, self.group)
+        self.mask_mode = resolve_mask_mode(scene, config.data.masks, self.mask_cover)
         self.losses = LossSettings(config.ssim_lambda, config.exposure if self.uses_exposure else None, scene.extent)
         self.state: Optional[TrainState] = None
         self.budget: Optional[TimeBudget] = None
@@ -194,10 +195,12 @@ class Run:
         seed_everything(cfg.seed)
         started = time.perf_counter()
         gaussians, region = initial_gaussians(scene, cfg.init_region, cfg.init_num_random, cfg.sh_degree,
-                                              cfg.init_opacity, cfg.seed, cfg.init_model)
+                                              cfg.init_opacity, cfg.seed, cfg.init_model, self.group)
         self._say(f"{len(gaussians)} initial Gaussians from {region}")
         if cfg.init_model is None:  # a trained model has its surroundings already
             gaussians = self._with_background(gaussians)
+        # Every rank computed the same Gaussians from the same sums; rank 0's bits make sure.
+        self.group.broadcast_(list(gaussians.params().values()), "sharing the initial Gaussians")
         strategy_state = self.strategy.initialize_state(scene.extent)
         if "scene_centre" in strategy_state:
             strategy_state["scene_centre"] = background_sphere(scene)[0].float().to(self.device)
@@ -207,7 +210,7 @@ class Run:
         self._add_extras()
         self.elapsed = time.perf_counter() - started  # placing the Gaussians is part of the run
         if self.mask_mode != "off":
-            self._say(mask_message(self.scene, self.mask_mode, self.config.data.masks))
+            self._say(mask_message(self.scene, self.mask_mode, self.config.data.masks, self.mask_cover))
         if cfg.max_minutes is not None:
             per_step = self.group.max(self._probe_seconds_per_step() * cfg.batch_size)  # all plan alike
             self.budget = TimeBudget.plan(60.0 * cfg.max_minutes, self.steps, per_step,
@@ -240,7 +243,7 @@ class Run:
         scene, n = self.scene, self.config.background_gaussians
         if n <= 0 or scene.background is not None or self.mask_mode != "off":
             return gaussians
-        sky = background_gaussians(scene, n, self.config.sh_degree, BACKGROUND_OPACITY)
+        sky = background_gaussians(scene, n, self.config.sh_degree, BACKGROUND_OPACITY, self.group)
         if sky is None:
             return gaussians
         radius = background_sphere(scene)[1]
@@ -416,8 +419,9 @@ class Run:
         settings = self._settings()
         plan = StepPlan(1, 0.0, 0.0, self.config.sh_degree)
         times = []
+        views = [v for v in self.scene.train if v.loaded]  # this process's share
         for i in range(6):
-            view = self.scene.train[i % len(self.scene.train)]
+            view = views[i % len(views)]
             step_view = StepView(view.camera.to(self.device), view.image_float(self.device), None, self.background, 0)
             t0 = time.perf_counter()
             train_step(scratch, _NoStrategy(), [step_view], plan, settings, LossSettings(self.config.ssim_lambda))

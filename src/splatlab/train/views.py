@@ -9,7 +9,7 @@ The masks of a real capture mean one of two things (`--masks`, resolved by `reso
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 
@@ -17,27 +17,48 @@ from ..data.scene import Scene
 from .config import TrainConfig
 from .step import StepView
 
+if TYPE_CHECKING:
+    from .distributed import Group
 
-def resolve_mask_mode(scene: Scene, mode: str) -> str:
+
+def mask_cover(scene: Scene, group: Optional[Group] = None) -> Optional[float]:
+    """The mean fraction of the pixels the training masks cover (None without masks). With a
+    `group`, each process measures its own views' masks and the per-view fractions are gathered
+    (a sum where each view's entry comes from one process: exact)."""
+    masked = [i for i, v in enumerate(scene.train) if v.has_mask]
+    if not masked:
+        return None
+    mine = range(len(scene.train)) if group is None else group.shard(len(scene.train))
+    covers = torch.zeros(len(scene.train), dtype=torch.float64)  # [V]
+    for i in mine:
+        view = scene.train[i]
+        if view.has_mask:
+            if view.mask is None:
+                raise RuntimeError(f"{view.name}: the mask of this process's view is not loaded")
+            covers[i] = float(view.mask.float().mean())
+    if group is not None:
+        group.sum_(covers, what="gathering the mask coverage")
+    return sum(float(covers[i]) for i in masked) / len(masked)
+
+
+def resolve_mask_mode(scene: Scene, mode: str, cover: Optional[float]) -> str:
     """"off" without masks; "auto" is "object" when the masks cover less than half the pixels
-    (a subject cut out of its surroundings), else "ignore" (a few regions left out)."""
-    masked = [v for v in scene.train if v.mask is not None]
-    if mode == "off" or not masked:
+    (`cover`, from `mask_cover`: a subject cut out of its surroundings), else "ignore" (a few
+    regions left out)."""
+    if mode == "off" or cover is None:
         return "off"
     if mode != "auto":
         return mode
-    cover = sum(float(v.mask.float().mean()) for v in masked) / len(masked)
     return "object" if cover < 0.5 else "ignore"
 
 
-def mask_message(scene: Scene, mode: str, asked: str) -> str:
+def mask_message(scene: Scene, mode: str, asked: str, cover: float) -> str:
     """The one line a run prints about its masks."""
-    masked = [v for v in scene.train if v.mask is not None]
-    cover = sum(float(v.mask.float().mean()) for v in masked) / len(masked)
+    masked = sum(v.has_mask for v in scene.train)
     what = (f"masks are object silhouettes (they cover {cover:.0%} of the pixels): outside them the "
             "render is trained to be empty, over a random background" if mode == "object" else
             f"masks mark the pixels to train (they cover {cover:.0%}): the others are not supervised")
-    return (f"{len(masked)} of {len(scene.train)} training views have masks ({asked}): "
+    return (f"{masked} of {len(scene.train)} training views have masks ({asked}): "
             f"{what}; the progress PSNR and the evaluation count the masked pixels "
             "(--masks object|ignore|off to choose)")
 

@@ -139,12 +139,19 @@ def training_cameras(views: Sequence, source: Path, background=None) -> Training
     return TrainingCameras(
         names=[v.name for v in views],
         cameras=cameras,
-        thumbnails=[_thumbnail(v.image) for v in views],
+        thumbnails=[_thumbnail(v.image if v.loaded else _blank(v)) for v in views],
         up=up,
         target=look_at_point(cameras).numpy(),
         background=background,
         source=source,
     )
+
+
+def _blank(view) -> torch.Tensor:
+    """A grey stand-in [H', W', 3] (the view's aspect) for a view whose pixels another process holds."""
+    scale = THUMBNAIL_SIZE / max(view.width, view.height)
+    size = (max(1, round(view.height * scale)), max(1, round(view.width * scale)), 3)
+    return torch.full(size, 128, dtype=torch.uint8)
 
 
 def _thumbnail(image: torch.Tensor) -> bytes:
