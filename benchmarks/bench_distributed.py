@@ -3,6 +3,7 @@
     python benchmarks/bench_distributed.py allreduce [--sizes 50000 200000 1000000 3000000]
     python benchmarks/bench_distributed.py throughput [--iterations 60] [--downscale 2] [--init 30000]
     python benchmarks/bench_distributed.py quality [--iterations 500] [--downscale 2] [--init 30000]
+    python benchmarks/bench_distributed.py rules [--iterations 2000] [--batch 4]
     python benchmarks/bench_distributed.py all --json out.json
 
 allreduce: 2 gloo processes (1 thread each) all-reduce the gradients of N Gaussians (SH degree 3:
@@ -13,6 +14,8 @@ throughput: `splatlab train` on lego_400 with 1 process x 2 threads, 1 process x
 --nproc 2 (1 thread each): views per second while training (log.jsonl, from the first logged
 step to the last: placing the initial Gaussians and compiling are left out).
 quality: the same, a longer run, then validation PSNR at equal views seen (--nproc 2 vs 1 process).
+rules: one process, batch 1 against batch B (`--batch`) under the gsplat and the Grendel
+learning-rate rule, at equal views seen: which rule holds quality.
 """
 
 from __future__ import annotations
@@ -108,13 +111,16 @@ def allreduce(sizes: list[int]) -> list[dict]:
     return rows
 
 
-def train(out: Path, iterations: int, nproc: int, threads: int, downscale: int, init: int) -> dict:
+def train(out: Path, iterations: int, nproc: int, threads: int, downscale: int, init: int,
+          batch: int = 1, rule: str = "gsplat") -> dict:
     """One `splatlab train` on lego_400: views/s while training (from log.jsonl, placing the
     initial Gaussians left out), and the final validation metrics."""
     cmd = [sys.executable, "-m", "splatlab.cli", "train", str(LEGO), "--output", str(out), "--force",
            "--iterations", str(iterations), "--max-minutes", "None", "--eval-split", "val", "--no-progress",
            "--save-at", str(iterations), "--eval-at", str(iterations), "--no-save-renders",
            "--downscale", str(downscale), "--init-num-random", str(init)]
+    if batch > 1:
+        cmd += ["--batch-size", str(batch), "--batch-rule", rule]
     if nproc > 1:
         cmd += ["--nproc", str(nproc)]
     else:
@@ -127,8 +133,9 @@ def train(out: Path, iterations: int, nproc: int, threads: int, downscale: int, 
     m = json.loads((out / "metrics.json").read_text())[-1]
     steps = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if '"event": "step"' in line]
     first, last = steps[0], steps[-1]  # from the first logged step (after init and warm-up) to the end
-    views_per_s = (last["step"] - first["step"]) * nproc / (last["elapsed"] - first["elapsed"])
-    return {"nproc": nproc, "threads_each": threads, "iterations": iterations, "train_s": m["elapsed_seconds"],
+    views_per_s = (last["step"] - first["step"]) * nproc * batch / (last["elapsed"] - first["elapsed"])
+    return {"nproc": nproc, "threads_each": threads, "batch": batch, "rule": rule if batch > 1 else "-",
+            "iterations": iterations, "train_s": m["elapsed_seconds"],
             "views_per_s": views_per_s, "wall_s": wall, "psnr": m["psnr"],
             "ssim": m["ssim"], "gaussians": m["num_gaussians"], "command": " ".join(cmd[1:])}
 
@@ -141,9 +148,20 @@ def compare(iterations: int, out: Path, downscale: int, init: int, single_thread
     return rows + [train(out / "nproc", iterations, 2, max(1, cores // 2), downscale, init)]
 
 
+def rules(iterations: int, out: Path, downscale: int, init: int, batch: int) -> list[dict]:
+    """Quality at equal views seen: one process with batch 1, and with `batch` views per step
+    under each learning-rate rule (gsplat: sqrt(B) lr and linear momentum; Grendel: beta^B)."""
+    cores = len(os.sched_getaffinity(0))
+    rows = [train(out / "batch1", iterations, 1, cores, downscale, init)]
+    for rule in ("gsplat", "grendel"):
+        rows.append(train(out / f"batch{batch}_{rule}", iterations, 1, cores, downscale, init, batch, rule))
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["allreduce", "throughput", "quality", "all"])
+    parser.add_argument("what", choices=["allreduce", "throughput", "quality", "rules", "all"])
+    parser.add_argument("--batch", type=int, default=4, help="rules: views per step compared with batch 1")
     parser.add_argument("--sizes", type=int, nargs="+", default=[50_000, 200_000, 1_000_000, 3_000_000])
     parser.add_argument("--iterations", type=int, default=None)
     parser.add_argument("--downscale", type=int, default=2, help="lego_400 at 1/downscale (2: 200x200)")
@@ -163,9 +181,12 @@ def main() -> int:
                                         single_thread=True)
     if args.what in ("quality", "all"):
         results["quality"] = compare(args.iterations or 500, args.output / "quality", args.downscale, args.init)
-    for key in ("throughput", "quality"):
+    if args.what == "rules":  # not in "all": three trainings of 2,000 views
+        results["rules"] = rules(args.iterations or 2000, args.output / "rules", args.downscale, args.init, args.batch)
+    for key in ("throughput", "quality", "rules"):
         for r in results.get(key, []):
-            print(f"{key}: {r['nproc']} proc x {r['threads_each']} threads: {r['views_per_s']:.2f} views/s, "
+            print(f"{key}: {r['nproc']} proc x {r['threads_each']} threads, batch {r['batch']} ({r['rule']}): "
+                  f"{r['views_per_s']:.2f} views/s, "
                   f"{r['iterations']} views in {r['train_s']:.0f} s, val PSNR {r['psnr']:.2f} dB, {r['gaussians']} Gaussians")
     results["load_after"] = os.getloadavg()
     if args.json:
