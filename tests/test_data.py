@@ -246,6 +246,25 @@ def test_fox_points_triangulated_from_known_poses(tmp_path):
     assert len(list((tmp_path / "triangulated").iterdir())) == 1
 
 
+def test_triangulation_matches_nearest_views_when_there_are_many(tmp_path, monkeypatch):
+    """Above EXHAUSTIVE_MAX views each view is matched with its nearest ones by pose only."""
+    from splatlab.data import triangulate
+
+    ring = [View(Camera.look_at((3 * np.cos(a), 3 * np.sin(a), 0.5), (0, 0, 0), width=8, height=8),
+                 torch.zeros(8, 8, 3, dtype=torch.uint8), f"v{i}")
+            for i, a in enumerate(np.linspace(0, 2 * np.pi, 12, endpoint=False))]
+    pairs = triangulate.nearest_pairs(ring, 2)
+    assert pairs == sorted({(i, (i + 1) % 12) if i < 11 else (0, 11) for i in range(12)})  # neighbours on the ring
+    root = need("fox")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DatasetWarning)
+        scene = load_scene(root, downscale=4, cache_dir=tmp_path, verbose=False, triangulate=False)
+    monkeypatch.setattr(triangulate, "EXHAUSTIVE_MAX", 4)
+    monkeypatch.setattr(triangulate, "NEIGHBOURS", 4)
+    points, colors, seen = triangulate.points_from_poses(scene.train[:12], None, verbose=False)
+    assert len(points) >= triangulate.MIN_POINTS and len(seen) == 12
+
+
 def test_triangulation_without_matches_falls_back_to_random_points(tmp_path):
     """Flat grey images have no features: a warning, and random points as before."""
     from splatlab.data.triangulate import points_from_poses
