@@ -55,7 +55,22 @@ class ExposureConfig:
     """Weight of the grid's total-variation loss (gsplat's): neighbouring cells agree."""
 
 
-class Exposure:
+class _PerImageDeltas:
+    """Per-image learned offsets `deltas` and their Adam, saved and restored with a checkpoint."""
+
+    deltas: torch.nn.Parameter
+    optimizer: torch.optim.Optimizer
+
+    def state_dict(self) -> dict:
+        return {"deltas": self.deltas.detach().cpu(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, d: dict) -> None:
+        with torch.no_grad():
+            self.deltas.copy_(d["deltas"].to(self.deltas.device))
+        self.optimizer.load_state_dict(d["optimizer"])
+
+
+class Exposure(_PerImageDeltas):
     """The transforms of all training views and their optimizer."""
 
     def __init__(self, num_views: int, device: torch.device) -> None:
@@ -90,16 +105,8 @@ class Exposure:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
-    def state_dict(self) -> dict:
-        return {"deltas": self.deltas.detach().cpu(), "optimizer": self.optimizer.state_dict()}
 
-    def load_state_dict(self, d: dict) -> None:
-        with torch.no_grad():
-            self.deltas.copy_(d["deltas"].to(self.deltas.device))
-        self.optimizer.load_state_dict(d["optimizer"])
-
-
-class BilateralGrids:
+class BilateralGrids(_PerImageDeltas):
     """Per training image a bilateral grid of 3x4 affine colour transforms [12, L, H, W]: each
     pixel's transform is read (trilinearly) at its position and its brightness, so shadows, sky
     and lit surfaces of one photo can change colour differently. Starts as the identity
@@ -143,14 +150,6 @@ class BilateralGrids:
         self.optimizer.param_groups[0]["lr"] = warm * exp_decay(config.grid_lr, 0.01 * config.grid_lr, progress)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-
-    def state_dict(self) -> dict:
-        return {"deltas": self.deltas.detach().cpu(), "optimizer": self.optimizer.state_dict()}
-
-    def load_state_dict(self, d: dict) -> None:
-        with torch.no_grad():
-            self.deltas.copy_(d["deltas"].to(self.deltas.device))
-        self.optimizer.load_state_dict(d["optimizer"])
 
 
 def slice_grid(grid: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
