@@ -503,20 +503,25 @@ def view_model(
     options = ViewerOptions(max_gaussians=max_gaussians, up_direction=up_direction, background=background,
                             still_render=still_render)
     viewer = Viewer(gaussians, host=host, port=port, cameras=cameras, options=options)
-    if viewer.camera_panel is not None and not show_cameras:
-        viewer.camera_panel.show.value = False
-    where = f"; {len(cameras)} training cameras from {cameras.source}" if cameras is not None else ""
-    print(f"splatlab viewer: {viewer.url}  ({len(gaussians):,} Gaussians from {model_file}{where}); Ctrl-C to stop",
-          flush=True)
-    if open_browser:
-        webbrowser.open(viewer.url)
-    if not block:
-        return viewer
+    # From here on Ctrl-C stops the server cleanly, even one that arrives right after the URL is
+    # printed (a busy machine may not have reached the wait loop yet): viser's threads would
+    # otherwise keep the process alive.
     try:
+        if viewer.camera_panel is not None and not show_cameras:
+            viewer.camera_panel.show.value = False
+        where = f"; {len(cameras)} training cameras from {cameras.source}" if cameras is not None else ""
+        print(f"splatlab viewer: {viewer.url}  ({len(gaussians):,} Gaussians from {model_file}{where}); "
+              "Ctrl-C to stop", flush=True)
+        if open_browser:
+            webbrowser.open(viewer.url)
+        if not block:
+            return viewer
         while True:
             time.sleep(1.0)
     except KeyboardInterrupt:
         print("splatlab viewer: stopped", flush=True)
-    finally:
+    except BaseException:
         viewer.close()
+        raise
+    viewer.close()
     return viewer
