@@ -160,7 +160,7 @@ class TrainConfig:
     exposure: ExposureConfig = field(default_factory=ExposureConfig)
     """Per-image exposure compensation (train/exposure.py)."""
     depth: DepthConfig = field(default_factory=DepthConfig)
-    """Per-image exposure compensation (train/exposure.py)."""
+    """Depth regularisation against inverse-depth maps or SfM points (data/depths.py)."""
     random_background: bool = False
     """Render over a random colour each step (discourages using the background as colour)."""
     init_opacity: float = 0.1
