@@ -16,6 +16,7 @@ from splatlab.data.scene import Scene, View
 from splatlab.train.config import TrainConfig
 from splatlab.train.strategy import DefaultStrategyConfig
 from splatlab.train.config import ConfigError
+from splatlab.train.budget import TimeBudget
 from splatlab.train.events import EndEvent, MessageEvent, StepEvent
 from splatlab.train.outputs import RunFolderError
 from splatlab.train.run import Run, TrainingError, train
@@ -204,6 +205,17 @@ def test_a_budget_too_small_for_anything_says_the_minimum(tmp_path):
     scene = synthetic_scene(num_views=4, size=16)
     with pytest.raises(ConfigError, match=r"at least --max-minutes \d"):
         Run(tiny_config(tmp_path, max_minutes=0.01), scene).train()
+
+
+def test_a_replanned_budget_never_runs_past_the_configured_iterations():
+    """A budget far larger than 30 iterations need: re-plans may extend the run, never past 30
+    (it once planned step + REPLAN_MIN_STEPS = 40)."""
+    budget = TimeBudget.plan(600.0, cap=30, seconds_per_step=0.01, reserve=1.0)
+    assert budget.total == 30
+    for step in range(1, 30):
+        budget.observe(step, elapsed=0.01 * step, densifying=step < 15)
+        assert budget.total <= 30 and budget.progress(step) <= 1.0
+    assert budget.total == 30 and budget.progress(30) == 1.0
 
 
 def test_a_compressed_schedule_keeps_opacity_resets_apart():

@@ -71,7 +71,9 @@ class TimeBudget:
         self.next_replan = step + max(REPLAN_MIN_STEPS, int(every * self.total))
         remaining = self.seconds - self.reserve - elapsed
         total = step + int(remaining / (rate * (1.2 if densifying else 1.05)))
-        total = max(step + REPLAN_MIN_STEPS, min(total, self.cap))
+        # At least REPLAN_MIN_STEPS more (a slow patch must not end the run abruptly), but never
+        # more than the config's iterations: a fast machine finishes the schedule, not more.
+        total = min(self.cap, max(step + REPLAN_MIN_STEPS, total))
         # Late in the run a plan only shrinks: a machine that slowed down (other work, thermal
         # limits) still reaches the end of the schedule, decayed learning rates included.
         if abs(total - self.total) < 0.05 * self.total or (late and total > self.total):
