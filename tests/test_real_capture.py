@@ -153,6 +153,12 @@ def test_coarse_to_fine_views_are_exact_downscales():
     assert (small.camera.width, small.camera.height) == (8, 6) and small.target.shape == (6, 8, 3)
     assert torch.allclose(small.target[0, 0], target[:4, :4].reshape(-1, 3).mean(0), atol=1e-6)
     assert torch.allclose(small.depth_points, torch.tensor([[4.0, 3.0, 2.0]]))
+    # An object mask's `measure` (the pixels the PSNR counts) is downscaled too, not dropped.
+    measure = torch.zeros(24, 32, 1)
+    measure[:, :16] = 1.0
+    half = downsampled(StepView(camera, target, None, (0, 0, 0), 0, measure=measure), 2)
+    assert half.mask is None and half.measure.shape == (12, 16, 1)
+    assert half.measure[:, :8].eq(1).all() and half.measure[:, 8:].eq(0).all()
     # The same world point lands on the corresponding pixel.
     p = torch.tensor([[0.3, 0.2, 0.1]], dtype=torch.float64)
     assert torch.allclose(small.camera.project(p)[:, :2] * 4, camera.project(p)[:, :2], atol=1e-9)

@@ -50,13 +50,18 @@ def downsampled(view: StepView, divisor: int) -> StepView:
     def area(image):  # [H, W, C] -> [h, w, C]
         return torch.nn.functional.interpolate(image.permute(2, 0, 1)[None], size=size, mode="area")[0].permute(1, 2, 0)
 
-    mask = None if view.mask is None else (area(view.mask) > 0.5).to(view.mask.dtype)
+    def binary(m):  # a 0/1 mask [H, W, 1] -> [h, w, 1], a pixel counts when most of it did
+        return None if m is None else (area(m) > 0.5).to(m.dtype)
+
     inv_depth = None if view.inv_depth is None else area(view.inv_depth[..., None])[..., 0]
     points = None
     if view.depth_points is not None:
         scale = view.depth_points.new_tensor([camera.width / view.camera.width, camera.height / view.camera.height, 1.0])
         points = view.depth_points * scale
-    return StepView(camera, area(view.target), mask, view.background, view.index, inv_depth, points)
+    # Every field, so that none is dropped: `measure` once was, and object masks then trained
+    # the coarse steps against the whole frame (exposure applied to the empty background too).
+    return replace(view, camera=camera, target=area(view.target), mask=binary(view.mask),
+                   inv_depth=inv_depth, depth_points=points, measure=binary(view.measure))
 
 
 @dataclass
