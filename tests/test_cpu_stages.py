@@ -78,6 +78,26 @@ def test_project_matches_reference_stage(antialiased):
         assert _rel_err(a, b) < 1e-9, f"project backward d/d{name}: {_rel_err(a, b):.3g}"
 
 
+def test_project_backward_of_gaussians_no_pixel_saw():
+    """Rows whose upstream gradients are all zero (culled, or in no tile) are skipped by the
+    kernel; they must still get exactly zero, and the other rows the reference's gradients."""
+    g, cam = _scene()
+    s = RenderSettings(backend="cpu", num_threads=2)
+    params = [p.detach().clone().requires_grad_() for p in g.params().values()]
+    out = ProjectGaussians.apply(*params, camera_params(g, cam, s))
+    ref_params = [p.detach().clone().requires_grad_() for p in params]
+    _, expected = _reference_projection(ref_params, cam, s, g.sh_degree)
+    upstream = _random_like(expected, seed=4)
+    unseen = torch.arange(len(g)) % 3 == 0
+    for u in upstream:
+        u[unseen] = 0.0
+    got = torch.autograd.grad(out[:5], params, upstream)
+    want = torch.autograd.grad(expected, ref_params, upstream)
+    for name, a, b in zip(RAW, got, want):
+        assert torch.equal(a[unseen], torch.zeros_like(a[unseen])), f"d/d{name} of unseen rows"
+        assert _rel_err(a, b) < 1e-9, f"project backward d/d{name}: {_rel_err(a, b):.3g}"
+
+
 def test_project_gradcheck_float64():
     g, cam = _scene(n=6, sh_degree=2, seed=1)
     g.means.data[:3, 2] = 3.0  # keep every Gaussian away from the culling boundaries

@@ -386,6 +386,15 @@ def _color_backward(i, sh0, shN, num_bases, m, campos, v_colors, g_sh0, g_shN):
     return gux / 1e-12, guy / 1e-12, guz / 1e-12
 
 
+@njit(**_JIT)
+def _no_upstream_gradient(i, v_means2d, v_conics, v_depths, v_opacities, v_colors):
+    """Whether every gradient arriving at Gaussian i's projected values is exactly zero."""
+    return (v_means2d[i, 0] == 0.0 and v_means2d[i, 1] == 0.0 and v_conics[i, 0] == 0.0
+            and v_conics[i, 1] == 0.0 and v_conics[i, 2] == 0.0 and v_depths[i] == 0.0
+            and v_opacities[i] == 0.0 and v_colors[i, 0] == 0.0 and v_colors[i, 1] == 0.0
+            and v_colors[i, 2] == 0.0)
+
+
 @njit(parallel=True, **_JIT)
 def project_backward(
     means, quats, log_scales, logit_opacities, sh0, shN, sh_degree,
@@ -405,6 +414,16 @@ def project_backward(
     lims = _fov_limits(width, height, fx, fy, cx, cy)
     num_bases = (sh_degree + 1) * (sh_degree + 1)
     for i in prange(means.shape[0]):
+        if _no_upstream_gradient(i, v_means2d, v_conics, v_depths, v_opacities, v_colors):
+            # Culled, or in no tile: every link of the chain multiplies zero. Skipping the
+            # recomputation is exact (and spares the 20-50% of a real capture out of view).
+            g_logit_opacities[i] = 0.0
+            for k in range(3):
+                g_log_scales[i, k] = 0.0
+                g_means[i, k] = 0.0
+            for k in range(4):
+                g_quats[i, k] = 0.0
+            continue  # g_sh0, g_shN are zero already
         m, p, in_range, z, clamp, a, qn, nq, rot, s, v, u, cov, valid = _project_one(
             i, means, quats, log_scales, view, near, far, fx, fy, lims, eps2d
         )
