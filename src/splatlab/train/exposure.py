@@ -55,6 +55,16 @@ class ExposureConfig:
     """Weight of the grid's total-variation loss (gsplat's): neighbouring cells agree."""
 
 
+def _over_background(image: torch.Tensor, alpha: torch.Tensor | None, background, linear, offset: torch.Tensor):
+    """An affine colour map (linear part `linear`: [H, W, 3] -> [H, W, 3], `offset` [3] or
+    [H, W, 3]) applied to a render [H, W, 3]; with `alpha` [H, W, 1] and the `background` it was
+    composited over, to the Gaussians' colour only: linear(image - T bg) + alpha offset + T bg."""
+    if alpha is None:
+        return linear(image) + offset
+    behind = (1 - alpha) * torch.as_tensor(background, dtype=image.dtype, device=image.device)  # [H, W, 3]
+    return linear(image - behind) + alpha * offset + behind
+
+
 class _PerImageDeltas:
     """Per-image learned offsets `deltas` and their Adam, saved and restored with a checkpoint."""
 
@@ -91,11 +101,7 @@ class Exposure(_PerImageDeltas):
         Gaussians' colour is transformed: (image - T bg) E + alpha b + T bg, so that an empty
         pixel keeps its background colour (object masks train against a random background)."""
         e = self.eye + self.deltas[index] - self.deltas.mean(0)  # [3, 4]
-        if alpha is None:
-            return image @ e[:, :3] + e[:, 3]
-        bg = torch.as_tensor(background, dtype=image.dtype, device=image.device)
-        behind = (1 - alpha) * bg  # [H, W, 3]
-        return (image - behind) @ e[:, :3] + alpha * e[:, 3] + behind
+        return _over_background(image, alpha, background, lambda c: c @ e[:, :3], e[:, 3])
 
     def loss(self, index: int) -> None:
         return None  # no regulariser: one transform per image
@@ -133,11 +139,7 @@ class BilateralGrids(_PerImageDeltas):
               background: tuple[float, float, float] | None = None) -> torch.Tensor:
         """As Exposure.apply, with each pixel's own transform."""
         a = self.transforms(image, index)  # [H, W, 3, 4]
-        if alpha is None:
-            return (a[..., :3] @ image[..., None])[..., 0] + a[..., 3]
-        bg = torch.as_tensor(background, dtype=image.dtype, device=image.device)
-        behind = (1 - alpha) * bg  # [H, W, 3]
-        return (a[..., :3] @ (image - behind)[..., None])[..., 0] + alpha * a[..., 3] + behind
+        return _over_background(image, alpha, background, lambda c: (a[..., :3] @ c[..., None])[..., 0], a[..., 3])
 
     def loss(self, index: int) -> torch.Tensor:
         """Total variation of image `index`'s grid: mean squared step between neighbouring cells."""
