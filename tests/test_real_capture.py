@@ -17,6 +17,7 @@ from splatlab.train.auto import choose_downscale
 from splatlab.train.exposure import Exposure, ExposureConfig
 from splatlab.train.init import background_gaussians, background_sphere
 from splatlab.train.run import BACKGROUND_OPACITY
+from splatlab.train.config import ConfigError, TrainConfig
 from splatlab.train.step import StepView, depth_loss, masked_loss
 
 from helpers import random_scene
@@ -139,6 +140,25 @@ def test_resolution_follows_the_budget_and_the_3dgs_cap():
     assert "640x360" in choose_downscale(1280, 720, "cpu", 15).reason
 
 
+def test_coarse_to_fine_follows_the_budget_unless_the_config_says(tmp_path):
+    from splatlab.train.auto import COARSE_TO_FINE_FRACTION, COARSE_TO_FINE_MAX_MINUTES, choose_coarse_to_fine
+    from splatlab.train.run import Run
+
+    assert choose_coarse_to_fine(COARSE_TO_FINE_MAX_MINUTES)[0] == COARSE_TO_FINE_FRACTION
+    assert choose_coarse_to_fine(5)[0] == COARSE_TO_FINE_FRACTION
+    assert choose_coarse_to_fine(COARSE_TO_FINE_MAX_MINUTES + 1)[0] == 0.0
+    assert choose_coarse_to_fine(None)[0] == 0.0  # an iteration count, no budget: as 3DGS
+    assert "--coarse-to-fine 0" in choose_coarse_to_fine(5)[1]
+    scene = ring_scene(n=2, size=16)
+    auto = Run(TrainConfig(output=tmp_path / "a", max_minutes=5), scene)
+    assert auto.coarse_to_fine == COARSE_TO_FINE_FRACTION
+    assert auto._plan(1).divisor == 4 and auto._plan(auto.steps).divisor == 1
+    assert Run(TrainConfig(output=tmp_path / "b", max_minutes=5, coarse_to_fine=0.0), scene)._plan(1).divisor == 1
+    assert Run(TrainConfig(output=tmp_path / "c", max_minutes=None), scene)._plan(1).divisor == 1
+    with pytest.raises(ConfigError, match="--coarse-to-fine"):
+        TrainConfig(coarse_to_fine=1.5).validate()
+
+
 def test_coarse_to_fine_views_are_exact_downscales():
     from splatlab.train.schedule import resolution_divisor
     from splatlab.train.step import downsampled
@@ -225,3 +245,4 @@ def test_bilateral_grid_gradients_match_finite_differences():
     # Corners of the image read the grid's corner cells (align_corners): at brightness 0, level 0.
     dark = torch.zeros(6, 5, 3, dtype=torch.float64)
     assert torch.allclose(slice_grid(grid.detach(), dark)[0, 0].reshape(12), grid.detach()[:, 0, 0, 0])
+

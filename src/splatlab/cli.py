@@ -154,6 +154,13 @@ class Train:
             if main_rank:
                 print(f"info: {choice.reason}", file=sys.stderr)
             cfg = replace(cfg, data=replace(cfg.data, downscale=choice.downscale))
+        if cfg.coarse_to_fine is None:
+            from .train.auto import choose_coarse_to_fine
+
+            fraction, why = choose_coarse_to_fine(cfg.max_minutes)
+            if main_rank:
+                print(f"info: {why}", file=sys.stderr)
+            cfg = replace(cfg, coarse_to_fine=fraction)
         scene = load_training_scene(cfg, verbose=main_rank, triangulate=main_rank,
                                     share=None if group is None else group.view_share())
         if group is not None:  # every process trains the same config on the same dataset

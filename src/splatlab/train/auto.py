@@ -13,6 +13,10 @@ from dataclasses import dataclass
 MAX_LONG_SIDE = 1600  # 3DGS's cap: larger images are downscaled (its -r default)
 CPU_SHORT_BUDGET_LONG_SIDE = 800  # CPU, budget <= CPU_SHORT_BUDGET_MINUTES: at most this many pixels
 CPU_SHORT_BUDGET_MINUTES = 30.0
+# Coarse-to-fine (DashGaussian) for budgets up to this many minutes, over this fraction of the
+# schedule: measured at 5 and 15 minutes on lego, the statue and fox (docs/real_captures.md).
+COARSE_TO_FINE_MAX_MINUTES = 15.0
+COARSE_TO_FINE_FRACTION = 0.5
 
 
 @dataclass
@@ -35,3 +39,14 @@ def choose_downscale(width: int, height: int, device: str, max_minutes: float | 
         factor *= 2
     w, h = round(width / factor), round(height / factor)
     return ResolutionChoice(factor, w, h, f"training at {w}x{h} (images {width}x{height}, downscale {factor}): {why}")
+
+
+def choose_coarse_to_fine(max_minutes: float | None) -> tuple[float, str]:
+    """(fraction of the schedule trained coarse-to-fine, reason): on for short budgets, where
+    cheap low-resolution steps early on buy more steps in all."""
+    if max_minutes is not None and max_minutes <= COARSE_TO_FINE_MAX_MINUTES:
+        f = COARSE_TO_FINE_FRACTION
+        return f, (f"coarse to fine: the first {f / 3:.0%} of the schedule at 1/4 resolution, the next {f / 3:.0%} "
+                   f"at 1/2: a {max_minutes:g}-minute budget fits more steps so (--coarse-to-fine 0 turns it off)")
+    why = "no time budget" if max_minutes is None else f"a {max_minutes:g}-minute budget"
+    return 0.0, f"full resolution from the start ({why}; --coarse-to-fine F to start coarse)"

@@ -153,10 +153,11 @@ class TrainConfig:
     """Raise the active SH degree by one every this many iterations."""
     ssim_lambda: float = 0.2
     """Loss = (1 - lambda) L1 + lambda (1 - SSIM)."""
-    coarse_to_fine: float = 0.0
+    coarse_to_fine: Optional[float] = None
     """Coarse-to-fine resolution (after DashGaussian, Chen et al. 2025): the first third of this
     fraction of the schedule trains at 1/4 of the resolution, the second third at 1/2, the rest
-    at full; early steps, which only fit coarse structure, cost 4-16x less. 0 = off."""
+    at full; early steps, which only fit coarse structure, cost 4-16x less. 0 = off. None =
+    chosen from the budget (train/auto.py): 0.5 with --max-minutes 15 or less, else off."""
     exposure: ExposureConfig = field(default_factory=ExposureConfig)
     """Per-image exposure compensation (train/exposure.py)."""
     depth: DepthConfig = field(default_factory=DepthConfig)
@@ -223,7 +224,7 @@ class TrainConfig:
             raise ConfigError(f"--checkpoint-minutes must be positive, got {self.checkpoint_minutes}")
         if self.sh_degree not in (0, 1, 2, 3):
             raise ConfigError(f"--sh-degree must be 0, 1, 2 or 3, got {self.sh_degree}")
-        if not 0.0 <= self.coarse_to_fine <= 1.0:
+        if self.coarse_to_fine is not None and not 0.0 <= self.coarse_to_fine <= 1.0:
             raise ConfigError(f"--coarse-to-fine must be in [0, 1], got {self.coarse_to_fine}")
         if not 0.0 <= self.ssim_lambda <= 1.0:
             raise ConfigError(f"--ssim-lambda must be in [0, 1], got {self.ssim_lambda}")

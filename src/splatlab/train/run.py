@@ -27,6 +27,7 @@ from ..data.scene import Scene
 from ..gaussians import Gaussians
 from ..metrics import LPIPS, evaluate_views
 from ..render import RenderSettings
+from .auto import choose_coarse_to_fine
 from .budget import TimeBudget
 from .distributed import Group, SharedFolder, ShardSampler, apply_batch_rule, convert_steps, merge_evaluations
 from .config import ConfigError, TrainConfig
@@ -129,6 +130,9 @@ class Run:
             self.strategy.reduce_statistics = self.group.reduce_statistics
         self.mask_cover = mask_cover(scene, self.group)
         self.mask_mode = resolve_mask_mode(scene, config.data.masks, self.mask_cover)
+        # Coarse-to-fine when the config leaves it open: from the budget, as the CLI logs it.
+        self.coarse_to_fine = config.coarse_to_fine if config.coarse_to_fine is not None \
+            else choose_coarse_to_fine(config.max_minutes)[0]
         self.losses = LossSettings(config.ssim_lambda, config.exposure if self.uses_exposure else None, scene.extent)
         self.state: Optional[TrainState] = None
         self.budget: Optional[TimeBudget] = None
@@ -315,7 +319,7 @@ class Run:
             means_lr=means_lr_at(progress, cfg.optim, self.scene.extent) * math.sqrt(self.batch),
             sh_degree=sh_degree_at(progress, cfg.iterations, cfg.sh_degree_interval, cfg.sh_degree),
             depth_weight=exp_decay(cfg.depth.weight, cfg.depth.weight_final, progress) if cfg.depth.weight > 0 else 0.0,
-            divisor=resolution_divisor(progress, cfg.coarse_to_fine),
+            divisor=resolution_divisor(progress, self.coarse_to_fine),
         )
 
     def _settings(self) -> RenderSettings:
