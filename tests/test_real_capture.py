@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from PIL import Image
 
 from splatlab import Camera, RenderSettings, rasterize
 from splatlab.data.scene import Scene, View
+from splatlab.gaussians import Gaussians
 from splatlab.metrics import fit_affine_colour, psnr, psnr_exposure_fitted, psnr_masked
 from splatlab.train.auto import choose_downscale
 from splatlab.train.exposure import Exposure, ExposureConfig
@@ -246,3 +248,106 @@ def test_bilateral_grid_gradients_match_finite_differences():
     dark = torch.zeros(6, 5, 3, dtype=torch.float64)
     assert torch.allclose(slice_grid(grid.detach(), dark)[0, 0].reshape(12), grid.detach()[:, 0, 0, 0])
 
+
+# ---- per-photo lighting (train/lighting.py) -------------------------------------------------------
+
+
+def _two_sided_patches(dtype=torch.float32) -> Gaussians:
+    """Flat Gaussians facing a camera at (0, -5, 0): those at x = +1 turned right (outward normal
+    (1, -1, 0)/sqrt 2), those at x = -1 turned left ((-1, -1, 0)/sqrt 2); grey."""
+    from splatlab.sh import rgb_to_sh0
+
+    n = 8
+    right = torch.arange(n) % 2 == 0
+    means = torch.zeros(n, 3, dtype=dtype)
+    means[:, 0] = torch.where(right, 1.0, -1.0).to(dtype)
+    means[:, 2] = torch.linspace(-0.5, 0.5, n, dtype=dtype)
+    half = torch.where(right, -math.pi / 8, -3 * math.pi / 8).to(dtype)  # half of -45 / -135 degrees about z
+    quats = torch.stack([half.cos(), torch.zeros_like(half), torch.zeros_like(half), half.sin()], dim=-1)
+    quats[1::2] *= -1  # q and -q are the same rotation
+    log_scales = torch.log(torch.tensor([[0.01, 0.2, 0.2]], dtype=dtype)).expand(n, 3).clone()
+    sh0 = rgb_to_sh0(torch.full((n, 1, 3), 0.4, dtype=dtype))
+    return Gaussians(means, quats, log_scales, torch.zeros(n, dtype=dtype), sh0, torch.zeros(n, 0, 3, dtype=dtype))
+
+
+FRONT = dict(position=(0.0, -5.0, 0.0), target=(0.0, 0.0, 0.0))
+
+
+def test_lighting_normals_face_the_camera_and_start_as_no_change():
+    from splatlab.train.lighting import Lighting, facing_normals
+
+    g = _two_sided_patches()
+    cam = Camera.look_at(FRONT["position"], FRONT["target"], width=16, height=16)
+    n = facing_normals(g, cam.position)
+    outward = torch.stack([torch.sign(g.means[:, 0]), -torch.ones(len(g)), torch.zeros(len(g))], -1) / math.sqrt(2)
+    assert torch.allclose(n, outward, atol=1e-6)  # the shortest axis, on the camera's side
+    behind = facing_normals(g, torch.tensor([0.0, 5.0, 0.0]))  # seen from behind: turned round
+    assert torch.allclose(behind, -outward, atol=1e-6)
+    lighting = Lighting(3, torch.device("cpu"))
+    assert torch.equal(lighting.shade(g, 1, cam).sh0, g.sh0)
+
+
+def test_lighting_fits_a_sun_that_changes_sides_which_one_affine_cannot():
+    """Photo 0 has the sun on the right (the right-facing Gaussians x1.5, the left ones x0.5),
+    photo 1 on the left. The lighting model fits both; its mean stays 'no change'. One affine
+    colour map per photo cannot: both sides have the same colour in the render."""
+    from splatlab.constants import SH_C0
+    from splatlab.train.lighting import Lighting
+
+    g = _two_sided_patches()
+    right = g.means[:, 0] > 0
+    cam = Camera.look_at(FRONT["position"], FRONT["target"], width=16, height=16)
+    lighting = Lighting(2, torch.device("cpu"))
+    config = ExposureConfig(lr=2e-2, lr_final=2e-2)
+
+    def diffuse(index):  # [N, 3] the degree-0 colour as photo `index` lit it
+        return SH_C0 * lighting.shade(g, index, cam).sh0[:, 0] + 0.5
+
+    def target(index):
+        lit = right if index == 0 else ~right
+        return torch.where(lit, 0.6, 0.2)[:, None].expand(len(g), 3)
+
+    for _ in range(400):
+        for index in (0, 1):
+            (diffuse(index) - target(index)).abs().mean().backward()
+            lighting.step(0.0, config)
+    for index in (0, 1):
+        assert (diffuse(index) - target(index)).abs().max() < 0.03, index
+    assert torch.allclose(lighting.coefficients(0) + lighting.coefficients(1), torch.zeros(9, 3), atol=1e-6)
+    assert torch.equal(g.sh0[right], g.sh0[~right])  # what an image-wide colour map has to work with
+
+
+def test_lighting_gradients_match_finite_differences():
+    from splatlab.train.lighting import Lighting
+
+    g = _two_sided_patches(torch.float64)
+    g.sh0 = g.sh0 + 0.1 * torch.randn_like(g.sh0)
+    lighting = Lighting(2, torch.device("cpu"))
+    lighting.deltas.data = 0.1 * torch.randn(2, 9, 3, dtype=torch.float64)
+    cam = Camera.look_at((3.0, -4.0, 1.0), (0, 0, 0), width=16, height=16)
+    sh0 = g.sh0.clone().requires_grad_()
+    deltas = lighting.deltas.detach().clone().requires_grad_()
+
+    def shaded(sh0_, deltas_):
+        lighting.deltas = deltas_
+        return lighting.shade(replace(g, sh0=sh0_), 0, cam).sh0
+
+    assert torch.autograd.gradcheck(shaded, (sh0, deltas))
+
+
+def test_training_with_lighting_runs_checkpoints_and_resumes(tmp_path):
+    from splatlab.train.lighting import Lighting
+    from splatlab.train.run import Run
+
+    scene = ring_scene(n=3, size=16)
+    cfg = TrainConfig(output=tmp_path / "run", iterations=20, max_minutes=None, progress=False, sh_degree=1,
+                      save_at=(), eval_at=(), checkpoint_every=10, exposure=ExposureConfig(lighting=True))
+    run = Run(cfg, scene)
+    run.train()
+    lighting = run.state.extras["lighting"]
+    assert isinstance(lighting, Lighting) and lighting.deltas.abs().sum() > 0
+    resumed = Run(replace(cfg, iterations=20), scene)
+    resumed.train(resume=True)
+    assert torch.equal(resumed.state.extras["lighting"].deltas, lighting.deltas)
+    with pytest.raises(ConfigError, match="--exposure.lighting"):
+        Run(replace(cfg, exposure=ExposureConfig(enabled=False, lighting=True)), scene)

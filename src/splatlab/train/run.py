@@ -38,6 +38,7 @@ from .outputs import RunFolder
 from .schedule import exp_decay, resolution_divisor, sh_degree_at
 from .state import TrainState, seed_everything
 from .exposure import make_appearance
+from .lighting import Lighting
 from .step import LossSettings, StepPlan, StepResult, StepView, train_step
 from .views import mask_cover, mask_message, resolve_mask_mode, step_view
 from .strategy import DefaultStrategy, DefaultStrategyConfig, MCMCStrategy, Strategy
@@ -133,6 +134,9 @@ class Run:
         # Coarse-to-fine when the config leaves it open: from the budget, as the CLI logs it.
         self.coarse_to_fine = config.coarse_to_fine if config.coarse_to_fine is not None \
             else choose_coarse_to_fine(config.max_minutes)[0]
+        if config.exposure.lighting and not self.uses_exposure:
+            raise ConfigError("--exposure.lighting works with exposure compensation, which is off for this run "
+                              "(--exposure.enabled False, or a synthetic dataset): add --exposure.enabled True")
         self.losses = LossSettings(config.ssim_lambda, config.exposure if self.uses_exposure else None, scene.extent)
         self.state: Optional[TrainState] = None
         self.budget: Optional[TimeBudget] = None
@@ -258,6 +262,8 @@ class Run:
     def _add_extras(self) -> None:
         if self.uses_exposure:
             self.state.extras["exposure"] = make_appearance(len(self.scene.train), self.device, self.config.exposure)
+            if self.config.exposure.lighting:
+                self.state.extras["lighting"] = Lighting(len(self.scene.train), self.device)
 
     def _apply_batch_rule(self) -> None:
         cfg = self.config

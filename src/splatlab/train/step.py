@@ -139,10 +139,13 @@ def depth_loss(out: RenderOutput, view: StepView, scale: float) -> Optional[torc
     return None
 
 
-def render_view(state: TrainState, view: StepView, settings: RenderSettings, plan: StepPlan) -> RenderOutput:
+def render_view(state: TrainState, view: StepView, settings: RenderSettings, plan: StepPlan,
+                lighting=None) -> RenderOutput:
+    """The training render of `view` (lit as its photo was, when a `lighting` model is given)."""
     settings = replace(settings, background=view.background, sh_degree=plan.sh_degree,
                        render_depth=plan.depth_weight > 0 and (view.inv_depth is not None or view.depth_points is not None))
-    return rasterize(state.params, view.camera, settings)
+    gaussians = state.params if lighting is None else lighting.shade(state.params, view.index, view.camera)
+    return rasterize(gaussians, view.camera, settings)
 
 
 def train_step(
@@ -156,6 +159,7 @@ def train_step(
 ) -> StepResult:
     """One optimisation step over a batch of views (their losses are averaged)."""
     exposure = state.extras.get("exposure") if losses.exposure is not None else None
+    lighting = state.extras.get("lighting") if losses.exposure is not None else None
     for opt in state.optimizers.values():
         for group in opt.param_groups:
             if group.get("name") == "means":
@@ -163,7 +167,7 @@ def train_step(
     outs, view_losses, shown, mses = [], [], [], []
     for view in views:
         view = downsampled(view, plan.divisor)
-        out = render_view(state, view, settings, plan)
+        out = render_view(state, view, settings, plan, lighting)
         strategy.step_pre_backward(state.params, state.optimizers, state.strategy_state, plan.iteration, out)
         image = out.image  # [H, W, 3]
         if exposure is not None:
@@ -189,8 +193,9 @@ def train_step(
         reduce(state)
     for opt in state.optimizers.values():
         opt.step()
-    if exposure is not None:
-        exposure.step(plan.progress, losses.exposure)
+    for module in (exposure, lighting):
+        if module is not None:
+            module.step(plan.progress, losses.exposure)
     state.step = plan.iteration
     messages = strategy.step_post_backward(
         state.params, state.optimizers, state.strategy_state, plan.iteration, outs, lr_means=plan.means_lr
