@@ -468,6 +468,7 @@ def demo_train_config(output=None, iterations: int = 600, **overrides):
         save_at=(iterations,),
         eval_at=(iterations,),
         checkpoint_every=iterations,
+        coarse_to_fine=0.0,  # an iteration schedule, measured so; the time budget is only a safety stop
     )
     for key, value in overrides.items():
         if not hasattr(cfg, key):
