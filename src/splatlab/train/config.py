@@ -157,7 +157,7 @@ class TrainConfig:
     """Coarse-to-fine resolution (after DashGaussian, Chen et al. 2025): the first third of this
     fraction of the schedule trains at 1/4 of the resolution, the second third at 1/2, the rest
     at full; early steps, which only fit coarse structure, cost 4-16x less. 0 = off. None =
-    chosen from the budget (train/auto.py): 0.5 with --max-minutes 15 or less, else off."""
+    chosen from the budget (train/auto.py): 0.5 with --max-minutes 10 or less, else off."""
     exposure: ExposureConfig = field(default_factory=ExposureConfig)
     """Per-image exposure compensation (train/exposure.py)."""
     depth: DepthConfig = field(default_factory=DepthConfig)
