@@ -629,29 +629,37 @@ def _wait_for_line(log: Path, pattern: str, proc: subprocess.Popen, timeout: flo
         time.sleep(0.1)
 
 
-def test_splatlab_view_serves_until_interrupted(tmp_path):
-    """Ctrl-C stops `splatlab view`: it prints "stopped" and exits 0.
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
-    The child writes to a file, not a pipe: a pipe nobody reads fills at 64 KiB and then blocks
-    the child's next print, which looks exactly like a process that ignores Ctrl-C. If it still
-    does not stop, SIGABRT makes faulthandler dump every thread's stack into the log."""
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_splatlab_view_serves_until_interrupted(tmp_path, sig):
+    """Ctrl-C (or SIGTERM) stops `splatlab view`: it prints "stopped" and exits 0.
+
+    The child starts with SIGINT ignored, as a shell starts a background job (`cmd &`): Python
+    then installs no Ctrl-C handler of its own, and the viewer once kept serving through
+    SIGINT in CI runs launched that way. It writes to a file, not a pipe (a full, unread pipe
+    would block its prints); if it does not stop, SIGABRT makes faulthandler dump every
+    thread's stack into the failure."""
     model = export_model(tmp_path / "m.splat", shiny_cube(100))
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "PYTHONFAULTHANDLER": "1", "PYTHONUNBUFFERED": "1"}
     log = tmp_path / "view.log"
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "splatlab.cli", "view", str(model), "--port", str(free_port())],
-                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                preexec_fn=_ignore_sigint)
     try:
         url = _wait_for_line(log, r"http://[\w.:\-]+", proc, timeout=120).group(0)
         with urllib.request.urlopen(url, timeout=10) as r:
             assert r.status == 200
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         try:
             code = proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGABRT)
             proc.wait(timeout=10)
-            pytest.fail(f"splatlab view did not stop within 30 s of SIGINT; its log and stacks:\n{log.read_text()}")
+            pytest.fail(f"splatlab view did not stop within 30 s of {sig.name}; its log and stacks:\n{log.read_text()}")
         assert code == 0 and "stopped" in log.read_text(), log.read_text()
     finally:
         if proc.poll() is None:

@@ -557,11 +557,7 @@ class View:
         view_model(self.model, port=self.port, host=self.host, data=self.data, up_direction=self.up,
                    background=self.background, still_render=self.still_render, show_cameras=self.cameras,
                    max_gaussians=self.max_gaussians, open_browser=self.open_browser)
-        # Stopped (Ctrl-C) and the server closed: leave now. viser's worker threads are not
-        # daemons, and one still in a callback kept the process alive in CI after "stopped".
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+        return 0
 
     def _bad_argument(self) -> Optional[str]:
         if self.max_gaussians < 1:

@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import signal
 import threading
 import time
 import warnings
@@ -457,6 +458,26 @@ class Viewer:
 # ---- command-line entry ------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _stop_on_signals():
+    """Ctrl-C (SIGINT) and SIGTERM stop the server, as they stop `splatlab train`, even when the
+    process started with SIGINT ignored: a shell starts a background job (`cmd &`) so, and
+    Python then never installs its Ctrl-C handler, which left `kill -INT` without effect."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set on the main thread
+        return
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
 def view_model(
     path: Union[str, Path],
     port: int = 8080,
@@ -507,17 +528,18 @@ def view_model(
     # printed (a busy machine may not have reached the wait loop yet): viser's threads would
     # otherwise keep the process alive.
     try:
-        if viewer.camera_panel is not None and not show_cameras:
-            viewer.camera_panel.show.value = False
-        where = f"; {len(cameras)} training cameras from {cameras.source}" if cameras is not None else ""
-        print(f"splatlab viewer: {viewer.url}  ({len(gaussians):,} Gaussians from {model_file}{where}); "
-              "Ctrl-C to stop", flush=True)
-        if open_browser:
-            webbrowser.open(viewer.url)
-        if not block:
-            return viewer
-        while True:
-            time.sleep(1.0)
+        with _stop_on_signals():  # before the URL is printed: a Ctrl-C may follow at once
+            if viewer.camera_panel is not None and not show_cameras:
+                viewer.camera_panel.show.value = False
+            where = f"; {len(cameras)} training cameras from {cameras.source}" if cameras is not None else ""
+            print(f"splatlab viewer: {viewer.url}  ({len(gaussians):,} Gaussians from {model_file}{where}); "
+                  "Ctrl-C to stop", flush=True)
+            if open_browser:
+                webbrowser.open(viewer.url)
+            if not block:
+                return viewer
+            while True:
+                time.sleep(1.0)
     except KeyboardInterrupt:
         print("splatlab viewer: stopped", flush=True)
     except BaseException:
