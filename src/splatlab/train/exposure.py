@@ -83,6 +83,12 @@ class _PerImageDeltas:
             self.deltas.copy_(d["deltas"].to(self.deltas.device))
         self.optimizer.load_state_dict(d["optimizer"])
 
+    def step(self, progress: float, config: ExposureConfig) -> None:
+        """One Adam step at the exposure schedule's learning rate (3DGS's exponential decay)."""
+        self.optimizer.param_groups[0]["lr"] = exp_decay(config.lr, config.lr_final, progress)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
 
 class Exposure(_PerImageDeltas):
     """The transforms of all training views and their optimizer."""
@@ -109,11 +115,6 @@ class Exposure(_PerImageDeltas):
 
     def loss(self, index: int) -> None:
         return None  # no regulariser: one transform per image
-
-    def step(self, progress: float, config: ExposureConfig) -> None:
-        self.optimizer.param_groups[0]["lr"] = exp_decay(config.lr, config.lr_final, progress)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
 
 
 class BilateralGrids(_PerImageDeltas):

@@ -30,8 +30,7 @@ from ..constants import SH_C0
 from ..gaussians import Gaussians
 from ..geometry import quat_to_rotmat
 from ..sh import sh_basis
-from .exposure import ExposureConfig, _PerImageDeltas
-from .schedule import exp_decay
+from .exposure import _PerImageDeltas
 
 NUM_LIGHTING_BASES = 9  # spherical harmonics of degree <= 2: Lambertian irradiance (Ramamoorthi & Hanrahan)
 
@@ -48,7 +47,8 @@ def facing_normals(gaussians: Gaussians, camera_position: torch.Tensor) -> torch
 
 
 class Lighting(_PerImageDeltas):
-    """The lighting changes of all training views [V, 9, 3] and their optimizer."""
+    """The lighting changes of all training views [V, 9, 3] and their optimizer (stepped at
+    the exposure schedule's learning rates)."""
 
     def __init__(self, num_views: int, device: torch.device) -> None:
         self.deltas = torch.nn.Parameter(torch.zeros(num_views, NUM_LIGHTING_BASES, 3, device=device))  # [V, 9, 3]
@@ -64,8 +64,3 @@ class Lighting(_PerImageDeltas):
         gain = sh_basis(2, normals) @ self.coefficients(index).to(gaussians.dtype)  # [N, 3]
         diffuse = SH_C0 * gaussians.sh0 + 0.5  # [N, 1, 3] the degree-0 colour
         return replace(gaussians, sh0=gaussians.sh0 + diffuse * gain[:, None, :] / SH_C0)
-
-    def step(self, progress: float, config: ExposureConfig) -> None:
-        self.optimizer.param_groups[0]["lr"] = exp_decay(config.lr, config.lr_final, progress)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)

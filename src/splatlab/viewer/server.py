@@ -524,9 +524,8 @@ def view_model(
     options = ViewerOptions(max_gaussians=max_gaussians, up_direction=up_direction, background=background,
                             still_render=still_render)
     viewer = Viewer(gaussians, host=host, port=port, cameras=cameras, options=options)
-    # From here on Ctrl-C stops the server cleanly, even one that arrives right after the URL is
-    # printed (a busy machine may not have reached the wait loop yet): viser's threads would
-    # otherwise keep the process alive.
+    # From here on Ctrl-C or SIGTERM stops the server cleanly, also one that arrives right after
+    # the URL is printed (a busy machine may not have reached the wait loop yet).
     try:
         with _stop_on_signals():  # before the URL is printed: a Ctrl-C may follow at once
             if viewer.camera_panel is not None and not show_cameras:
