@@ -130,10 +130,11 @@ class Train:
         if self.config.render.num_threads is None:
             distributed.set_threads(distributed.threads_per_process(topology.local_world))
         group = distributed.setup(topology, self.config.device, self.dist_backend, self.dist_timeout)
-        try:
-            return self.train(group)
-        finally:
-            distributed.teardown()
+        code = self.train(group)
+        # Only after a run that ended together: after a failed collective, gloo may still hold
+        # queued work on tensors, and tearing it down can abort the process (see `main`).
+        distributed.teardown()
+        return code
 
     def train(self, group) -> int:
         from .train import distributed
@@ -681,6 +682,26 @@ def main(argv: list[str] | None = None) -> int:
     command = tyro.extras.subcommand_cli_from_dict(
         COMMANDS, prog="splatlab", description="3D Gaussian Splatting in Python.", args=argv
     )
+    if _is_distributed_worker():
+        _exit_now(_run(command))
+    return _run(command)
+
+
+def _is_distributed_worker() -> bool:
+    return os.environ.get("WORLD_SIZE", "1") not in ("", "1") and "RANK" in os.environ
+
+
+def _exit_now(code: int) -> None:
+    """End a process of a distributed run without the interpreter's shutdown: with gloo's threads
+    still alive (a peer died mid-collective, or its sockets close while ours do), C++ destructors
+    run at shutdown can call std::terminate, and a clean exit (or a clean error) would become a
+    SIGABRT that the launcher blames on this process. Everything is saved and flushed by now."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _run(command) -> int:
     try:
         return command.run()
     except KeyboardInterrupt:
