@@ -351,3 +351,59 @@ def test_training_with_lighting_runs_checkpoints_and_resumes(tmp_path):
     assert torch.equal(resumed.state.extras["lighting"].deltas, lighting.deltas)
     with pytest.raises(ConfigError, match="--exposure.lighting"):
         Run(replace(cfg, exposure=ExposureConfig(enabled=False, lighting=True)), scene)
+
+
+def _photo(path: Path, make: str | None, model: str | None) -> Path:
+    exif = Image.Exif()
+    if make:
+        exif[0x010F] = make
+    if model:
+        exif[0x0110] = model
+    Image.new("RGB", (8, 8), (90, 120, 200)).save(path, exif=exif)
+    return path
+
+
+def test_lighting_is_on_for_a_photo_collection_from_several_cameras(tmp_path):
+    """Auto per-photo lighting: photos from two cameras (EXIF) are a collection and get it; one
+    camera, no EXIF or no file is one capture; the config decides when it says; the run logs it."""
+    from splatlab.train.auto import choose_lighting
+    from splatlab.train.events import MessageEvent
+    from splatlab.train.lighting import Lighting
+    from splatlab.train.run import Run
+
+    canon = [_photo(tmp_path / f"c{i}.jpg", "Canon", "EOS 60D") for i in range(2)]
+    fuji = _photo(tmp_path / "f.jpg", "FUJIFILM", "FinePix S4500")
+    bare = _photo(tmp_path / "b.jpg", None, None)
+    assert choose_lighting([*canon, fuji])[0]
+    assert "2 cameras" in choose_lighting([*canon, fuji, bare])[1]
+    assert not choose_lighting(canon)[0] and "one camera" in choose_lighting(canon)[1]
+    assert not choose_lighting([bare, None, tmp_path / "missing.jpg"])[0]
+
+    scene = ring_scene(n=3, size=16)
+    for view, source in zip(scene.train, (canon[0], fuji, canon[1])):
+        view.source = source
+    cfg = TrainConfig(output=tmp_path / "run", iterations=4, max_minutes=None, progress=False, sh_degree=1,
+                      save_at=(), eval_at=())
+    run = Run(cfg, scene)
+    said: list[str] = []
+    run.subscribe(lambda e: said.append(e.text) if isinstance(e, MessageEvent) else None)
+    run.train()
+    assert isinstance(run.state.extras.get("lighting"), Lighting)
+    assert any("per-photo lighting on" in s for s in said), said
+    off = Run(replace(cfg, output=tmp_path / "off", exposure=ExposureConfig(lighting=False)), scene)
+    off.train()
+    assert "lighting" not in off.state.extras
+    no_exposure = Run(replace(cfg, output=tmp_path / "ne", exposure=ExposureConfig(enabled=False)), scene)
+    assert not no_exposure.lighting  # auto never asks for what exposure-less runs cannot have
+
+
+def test_statue_photos_are_a_collection_and_fox_is_one_capture():
+    from splatlab.train.auto import choose_lighting
+
+    root = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    statue, fox = root / "statue_colmap" / "images", root / "fox" / "images"
+    if not (statue.is_dir() and fox.is_dir()):
+        pytest.skip(f"{root}: the shared captures are not here")
+    on, why = choose_lighting(sorted(statue.glob("*.jpg")))
+    assert on, why
+    assert not choose_lighting(sorted(fox.glob("*.jpg")))[0]

@@ -300,6 +300,8 @@ def load_colmap(
     views = [make_view(cam, img, job.image.name, mask, opts.device) if img is not None else
              unloaded_view(cam, job.image.name, False, job.mask_path is not None)
              for (cam, img, mask, _), job in zip(loaded, jobs)]
+    for view, job in zip(views, jobs):
+        view.source = job.path
     points_t, colors_t = _sfm_points(recon, model_dir, views, jobs, opts)
     if (root / "depths").is_dir() and any_distorted:
         warn(f"{root / 'depths'}: depth maps of a dataset with lens distortion are not undistorted here; "

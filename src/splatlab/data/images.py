@@ -134,6 +134,18 @@ def image_size(path: Path) -> tuple[int, int]:
         raise DatasetError(f"{path}: not a readable image file ({exc})") from exc
 
 
+def camera_model(path: Path) -> tuple[str, str] | None:
+    """(make, model) of the camera that took the photo, from its EXIF; None when the file has
+    none (renders, frames of a video, photos stripped of metadata) or cannot be read."""
+    try:
+        with Image.open(path) as img:
+            exif = img.getexif()
+    except (OSError, SyntaxError, ValueError):
+        return None
+    make, model = (str(exif.get(tag, "")).strip("\x00 ") for tag in (0x010F, 0x0110))
+    return (make, model) if make or model else None
+
+
 def read_mask(path: Path) -> np.ndarray:
     """Read a mask image as ``bool [H, W]``: True where the pixel is valid (value > 127).
 

@@ -187,6 +187,8 @@ def load_nerfstudio(json_path: Path, opts: LoadOptions) -> Scene:
     views = [make_view(cam, img, job["name"], mask, opts.device) if img is not None else
              unloaded_view(cam, job["name"], False, job["mask"] is not None)
              for (cam, img, mask, _), job in zip(loaded, jobs)]
+    for view, job in zip(views, jobs):
+        view.source = Path(job["path"])
 
     points = colors = None
     ply = data.get("ply_file_path")

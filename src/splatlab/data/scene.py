@@ -75,6 +75,7 @@ class View:
     inv_depth: torch.Tensor | None = None  # [H, W] float32 inverse depth prior (depth maps), 0 = unknown
     alpha_elsewhere: bool = False  # unloaded: the view has an alpha channel this process did not load
     mask_elsewhere: bool = False  # unloaded: the view has a mask this process did not load
+    source: Path | None = None  # the photo it came from (its EXIF says which camera took it)
 
     @property
     def has_alpha(self) -> bool:

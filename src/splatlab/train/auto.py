@@ -18,6 +18,8 @@ CPU_SHORT_BUDGET_MINUTES = 30.0
 # at 15 it cost lego 0.28 dB and left the statue as it was. Between the two it is not measured.
 COARSE_TO_FINE_MAX_MINUTES = 10.0
 COARSE_TO_FINE_FRACTION = 0.5
+# Per-photo lighting (train/lighting.py) for training photos from at least this many cameras.
+LIGHTING_MIN_CAMERAS = 2
 
 
 @dataclass
@@ -51,3 +53,19 @@ def choose_coarse_to_fine(max_minutes: float | None) -> tuple[float, str]:
                    f"at 1/2: a {max_minutes:g}-minute budget fits more steps so (--coarse-to-fine 0 turns it off)")
     why = "no time budget" if max_minutes is None else f"a {max_minutes:g}-minute budget"
     return 0.0, f"full resolution from the start ({why}; --coarse-to-fine F to start coarse)"
+
+
+def choose_lighting(sources: list) -> tuple[bool, str]:
+    """(per-photo lighting on, reason) for photographs with exposure compensation: on for a photo
+    collection, whose light changes from photo to photo, told by its photos coming from more
+    than one camera (EXIF make and model). One camera is one capture (a phone video, a walk
+    around an object), lit one way. Measured (docs/real_captures.md): +0.3 dB on the statue
+    (40 photos from 19 cameras), nothing on fox (one phone)."""
+    from ..data.images import camera_model
+
+    models = {m for m in (camera_model(s) for s in sources if s is not None) if m is not None}
+    if len(models) >= LIGHTING_MIN_CAMERAS:
+        return True, (f"per-photo lighting on: the training photos come from {len(models)} cameras (EXIF), a photo "
+                      "collection whose light changes from photo to photo (--exposure.lighting False turns it off)")
+    seen = "one camera" if models else "no camera in their EXIF"
+    return False, f"per-photo lighting off: the training photos show {seen}, one capture (--exposure.lighting True turns it on)"

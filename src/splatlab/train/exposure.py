@@ -53,10 +53,11 @@ class ExposureConfig:
     then decayed exponentially to 1% of it."""
     grid_tv_weight: float = 10.0
     """Weight of the grid's total-variation loss (gsplat's): neighbouring cells agree."""
-    lighting: bool = False
+    lighting: Optional[bool] = None
     """Also learn a lighting change per image that scales each Gaussian's diffuse colour by a
     function of its normal (9 SH terms of degree <= 2: Lambertian shading), so that the lit
-    side can change from photo to photo (train/lighting.py). Same learning rates as `lr`."""
+    side can change from photo to photo (train/lighting.py). Same learning rates as `lr`.
+    None = on for a photo collection (photos from more than one camera, by their EXIF)."""
 
 
 def _over_background(image: torch.Tensor, alpha: torch.Tensor | None, background, linear, offset: torch.Tensor):

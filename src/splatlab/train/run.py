@@ -27,7 +27,7 @@ from ..data.scene import Scene
 from ..gaussians import Gaussians
 from ..metrics import LPIPS, evaluate_views
 from ..render import RenderSettings
-from .auto import choose_coarse_to_fine
+from .auto import choose_coarse_to_fine, choose_lighting
 from .budget import TimeBudget
 from .distributed import Group, SharedFolder, ShardSampler, apply_batch_rule, convert_steps, merge_evaluations
 from .config import ConfigError, TrainConfig
@@ -134,6 +134,7 @@ class Run:
         # Coarse-to-fine when the config leaves it open: from the budget, as the CLI logs it.
         self.coarse_to_fine = config.coarse_to_fine if config.coarse_to_fine is not None \
             else choose_coarse_to_fine(config.max_minutes)[0]
+        self.lighting, self._lighting_why = self._choose_lighting()
         if config.exposure.lighting and not self.uses_exposure:
             raise ConfigError("--exposure.lighting works with exposure compensation, which is off for this run "
                               "(--exposure.enabled False, or a synthetic dataset): add --exposure.enabled True")
@@ -143,6 +144,13 @@ class Run:
         self.history: list[dict] = []
         self.elapsed = 0.0  # training seconds, earlier sessions of a resumed run included
         self._lpips: Optional[LPIPS] = None
+
+    def _choose_lighting(self) -> tuple[bool, str | None]:
+        """Per-photo lighting: as the config says, else from the photos (train/auto.py)."""
+        wanted = self.config.exposure.lighting
+        if wanted is not None or not self.uses_exposure:
+            return bool(wanted), None
+        return choose_lighting([view.source for view in self.scene.train])
 
     @property
     def uses_exposure(self) -> bool:
@@ -219,6 +227,8 @@ class Run:
         self.elapsed = time.perf_counter() - started  # placing the Gaussians is part of the run
         if self.mask_mode != "off":
             self._say(mask_message(self.scene, self.mask_mode, self.config.data.masks, self.mask_cover))
+        if self._lighting_why:
+            self._say(self._lighting_why)
         if cfg.max_minutes is not None:
             per_step = self.group.max(self._probe_seconds_per_step() * cfg.batch_size)  # all plan alike
             self.budget = TimeBudget.plan(60.0 * cfg.max_minutes, self.steps, per_step,
@@ -262,7 +272,7 @@ class Run:
     def _add_extras(self) -> None:
         if self.uses_exposure:
             self.state.extras["exposure"] = make_appearance(len(self.scene.train), self.device, self.config.exposure)
-            if self.config.exposure.lighting:
+            if self.lighting:
                 self.state.extras["lighting"] = Lighting(len(self.scene.train), self.device)
 
     def _apply_batch_rule(self) -> None:
