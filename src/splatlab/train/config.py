@@ -25,6 +25,7 @@ import tyro
 from ..render.settings import RenderSettings
 from .exposure import ExposureConfig
 from .init import InitRegion
+from .pose import PoseConfig
 from .strategy import DefaultStrategyConfig, MCMCStrategyConfig
 
 
@@ -162,6 +163,8 @@ class TrainConfig:
     """Per-image exposure compensation (train/exposure.py)."""
     depth: DepthConfig = field(default_factory=DepthConfig)
     """Depth regularisation against inverse-depth maps or SfM points (data/depths.py)."""
+    pose: PoseConfig = field(default_factory=PoseConfig)
+    """Per-photo camera pose refinement (train/pose.py)."""
     random_background: bool = False
     """Render over a random colour each step (discourages using the background as colour)."""
     init_opacity: float = 0.1
@@ -226,6 +229,9 @@ class TrainConfig:
             raise ConfigError(f"--sh-degree must be 0, 1, 2 or 3, got {self.sh_degree}")
         if self.coarse_to_fine is not None and not 0.0 <= self.coarse_to_fine <= 1.0:
             raise ConfigError(f"--coarse-to-fine must be in [0, 1], got {self.coarse_to_fine}")
+        if not (self.pose.lr >= 0 and self.pose.lr_final >= 0 and 0 <= self.pose.start < 1):
+            raise ConfigError(f"--pose.lr and --pose.lr-final must be >= 0 and --pose.start in [0, 1), got "
+                              f"{self.pose.lr}, {self.pose.lr_final}, {self.pose.start}")
         if not 0.0 <= self.ssim_lambda <= 1.0:
             raise ConfigError(f"--ssim-lambda must be in [0, 1], got {self.ssim_lambda}")
         if not 0.0 < self.init_opacity < 1.0:

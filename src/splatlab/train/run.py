@@ -39,6 +39,7 @@ from .schedule import exp_decay, resolution_divisor, sh_degree_at
 from .state import TrainState, seed_everything
 from .exposure import make_appearance
 from .lighting import Lighting
+from .pose import PoseCorrection
 from .step import LossSettings, StepPlan, StepResult, StepView, train_step
 from .views import mask_cover, mask_message, resolve_mask_mode, step_view
 from .strategy import DefaultStrategy, DefaultStrategyConfig, MCMCStrategy, Strategy
@@ -138,7 +139,8 @@ class Run:
         if config.exposure.lighting and not self.uses_exposure:
             raise ConfigError("--exposure.lighting works with exposure compensation, which is off for this run "
                               "(--exposure.enabled False, or a synthetic dataset): add --exposure.enabled True")
-        self.losses = LossSettings(config.ssim_lambda, config.exposure if self.uses_exposure else None, scene.extent)
+        self.losses = LossSettings(config.ssim_lambda, config.exposure if self.uses_exposure else None, scene.extent,
+                                   config.pose if config.pose.enabled else None)
         self.state: Optional[TrainState] = None
         self.budget: Optional[TimeBudget] = None
         self.history: list[dict] = []
@@ -274,6 +276,8 @@ class Run:
             self.state.extras["exposure"] = make_appearance(len(self.scene.train), self.device, self.config.exposure)
             if self.lighting:
                 self.state.extras["lighting"] = Lighting(len(self.scene.train), self.device)
+        if self.config.pose.enabled:
+            self.state.extras["pose"] = PoseCorrection(len(self.scene.train), self.device, self.scene.extent)
 
     def _apply_batch_rule(self) -> None:
         cfg = self.config

@@ -22,6 +22,7 @@ from ..camera import Camera
 from ..losses import photometric_loss
 from ..render import RenderOutput, RenderSettings, rasterize
 from .exposure import ExposureConfig
+from .pose import PoseConfig
 from .state import TrainState
 from .strategy import Strategy
 
@@ -83,6 +84,7 @@ class LossSettings:
     ssim_lambda: float = 0.2
     exposure: Optional[ExposureConfig] = None  # learn per-image exposure (state.extras["exposure"])
     depth_scale: float = 1.0  # inverse depths are multiplied by this (the scene extent): unit-free
+    pose: Optional[PoseConfig] = None  # refine the training cameras' poses (state.extras["pose"])
 
 
 @dataclass
@@ -140,11 +142,14 @@ def depth_loss(out: RenderOutput, view: StepView, scale: float) -> Optional[torc
 
 
 def render_view(state: TrainState, view: StepView, settings: RenderSettings, plan: StepPlan,
-                lighting=None) -> RenderOutput:
-    """The training render of `view` (lit as its photo was, when a `lighting` model is given)."""
+                lighting=None, pose=None) -> RenderOutput:
+    """The training render of `view` (lit as its photo was, when a `lighting` model is given;
+    from its corrected camera, when a `pose` correction is)."""
     settings = replace(settings, background=view.background, sh_degree=plan.sh_degree,
                        render_depth=plan.depth_weight > 0 and (view.inv_depth is not None or view.depth_points is not None))
     gaussians = state.params if lighting is None else lighting.shade(state.params, view.index, view.camera)
+    if pose is not None:
+        gaussians = pose.apply(gaussians, view.index, view.camera)
     return rasterize(gaussians, view.camera, settings)
 
 
@@ -160,6 +165,7 @@ def train_step(
     """One optimisation step over a batch of views (their losses are averaged)."""
     exposure = state.extras.get("exposure") if losses.exposure is not None else None
     lighting = state.extras.get("lighting") if losses.exposure is not None else None
+    pose = state.extras.get("pose") if losses.pose is not None and plan.progress >= losses.pose.start else None
     for opt in state.optimizers.values():
         for group in opt.param_groups:
             if group.get("name") == "means":
@@ -167,7 +173,7 @@ def train_step(
     outs, view_losses, shown, mses = [], [], [], []
     for view in views:
         view = downsampled(view, plan.divisor)
-        out = render_view(state, view, settings, plan, lighting)
+        out = render_view(state, view, settings, plan, lighting, pose)
         strategy.step_pre_backward(state.params, state.optimizers, state.strategy_state, plan.iteration, out)
         image = out.image  # [H, W, 3]
         if exposure is not None:
@@ -196,6 +202,8 @@ def train_step(
     for module in (exposure, lighting):
         if module is not None:
             module.step(plan.progress, losses.exposure)
+    if pose is not None:
+        pose.step_at(plan.progress, losses.pose)
     state.step = plan.iteration
     messages = strategy.step_post_backward(
         state.params, state.optimizers, state.strategy_state, plan.iteration, outs, lr_means=plan.means_lr
