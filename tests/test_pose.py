@@ -26,12 +26,6 @@ def _camera(**kw) -> Camera:
     return Camera.look_at((0.3, -0.2, -0.5), (0.0, 0.0, 4.0), up=(0.0, -1.0, 0.0), width=40, height=32, **kw)
 
 
-def _corrected(camera: Camera, rot: torch.Tensor, trans: torch.Tensor) -> Camera:
-    delta = torch.eye(4, dtype=torch.float64)
-    delta[:3, :3], delta[:3, 3] = rot.double(), trans.double()
-    return replace(camera, viewmat=delta @ camera.viewmat)
-
-
 def test_moving_the_gaussians_equals_moving_the_camera():
     g = random_scene(60, sh_degree=0, seed=3)
     cam = _camera()
@@ -40,16 +34,28 @@ def test_moving_the_gaussians_equals_moving_the_camera():
         pose.deltas.copy_(torch.tensor([[0.02, -0.03, 0.01, 0.05, -0.02, 0.03], [0.0] * 6]))
     rot, trans = pose.correction(0)
     assert torch.allclose(rot @ rot.T, torch.eye(3), atol=1e-6) and trans.abs().max() > 0.01
+    corrected = pose.corrected_camera(0, cam)
+    assert not torch.allclose(corrected.viewmat, cam.viewmat.double())
     moved = rasterize(pose.apply(g, 0, cam), cam, REF).image
-    truth = rasterize(g, _corrected(cam, rot, trans), REF).image
+    truth = rasterize(g, corrected, REF).image
     assert (moved - truth).abs().max() < 1e-5
     assert (moved - rasterize(g, cam, REF).image).abs().max() > 0.05  # the correction did something
     # View-dependent colour is read at directions turned by the correction (0.04 rad here).
     g2 = random_scene(60, sh_degree=2, seed=3)
-    assert (rasterize(pose.apply(g2, 0, cam), cam, REF).image - rasterize(g2, _corrected(cam, rot, trans), REF).image
-            ).abs().max() < 0.02
+    assert (rasterize(pose.apply(g2, 0, cam), cam, REF).image - rasterize(g2, corrected, REF).image).abs().max() < 0.02
     # The mean over the views is pinned to none: view 1 is corrected by the opposite.
     assert torch.allclose(pose.deltas[1] - pose.deltas.mean(0), -(pose.deltas[0] - pose.deltas.mean(0)))
+
+
+def test_the_same_correction_of_every_camera_is_pinned_away():
+    """A motion of the whole scene (the same turn and shift of all cameras, in world axes) is no
+    correction at all: what the mean pinning removes, so held-out cameras keep seeing the scene."""
+    cams = [_camera(), Camera.look_at((2.0, 1.0, 0.0), (0.0, 0.0, 4.0), up=(0.0, -1.0, 0.0), width=40, height=32)]
+    pose = PoseCorrection(2, torch.device("cpu"), extent=1.0)
+    with torch.no_grad():
+        pose.deltas.copy_(torch.tensor([[0.01, 0.02, -0.01, 0.1, 0.0, 0.2]] * 2))
+    for i, cam in enumerate(cams):
+        assert torch.allclose(pose.corrected_camera(i, cam).viewmat, cam.viewmat.double(), atol=1e-7)
 
 
 def test_pose_move_gradients_are_exact():
@@ -79,7 +85,7 @@ def test_corrections_are_recovered_from_two_views():
     true = torch.tensor([[0.015, -0.02, 0.01, 0.02, -0.01, 0.015]], dtype=torch.float64)
     truth = PoseCorrection(2, torch.device("cpu"), extent=1.0)
     truth.deltas = torch.nn.Parameter(torch.cat([true, -true]))
-    photos = [rasterize(g, _corrected(c, *truth.correction(i)), REF).image.detach() for i, c in enumerate(cams)]
+    photos = [rasterize(g, truth.corrected_camera(i, c), REF).image.detach() for i, c in enumerate(cams)]
     pose = PoseCorrection(2, torch.device("cpu"), extent=1.0)
     pose.deltas = torch.nn.Parameter(torch.zeros(2, 6, dtype=torch.float64))
     pose.optimizer = torch.optim.Adam([pose.deltas], lr=2e-3)

@@ -4,19 +4,24 @@ SfM poses are not exact (the statue's model reprojects its points with a mean er
 under one shared camera for photos from 19 cameras). Gaussians fitted to photos whose poses
 disagree by a pixel come out soft: each photo pulls an edge to its own place. As gsplat's
 `--pose_opt` and nerfstudio's camera optimizer do, each training photo j gets a rigid
-correction Δ_j = [R(ω_j) | s t_j] applied on the camera side, so that the photo is rendered by
-the camera Δ_j V_j instead of V_j (ω_j a rotation vector in radians, t_j a translation in
-units of s = the scene extent, both starting at zero).
+correction, a turn R(ω_j) about its camera's centre c_j and a shift s t_j, both in world axes
+(ω_j a rotation vector in radians, t_j in units of s = the scene extent, both starting at zero):
 
-Rendering the Gaussians with Δ V is the same as rendering them moved by M = V⁻¹ Δ V with V,
-so the correction is applied to the Gaussians (means and rotations, in torch, differentiable)
-and every backend renders them unchanged. Exact for positions, shapes and diffuse colour; the
+    M_j x = R(ω_j) (x - c_j) + c_j + s t_j
+
+Rendering the Gaussians moved by M_j with the camera V_j is rendering them as they are with the
+corrected camera V_j M_j, so the correction is applied to the Gaussians (means and
+rotations, in torch, differentiable) and every backend renders them unchanged. Exact for
+positions, shapes and diffuse colour; the
 view-dependent colour (SH degree >= 1) is read at directions turned by the correction's
 rotation (the SH are not rotated with the Gaussians), which is of the order of a milliradian.
 
-As for exposure, the corrections' mean over the photos is pinned to none: a common shift of all
-cameras is a shift of the whole scene, which the Gaussians can make, and held-out views (whose
-poses come from the same SfM, uncorrected) must see the scene where its training views put it.
+As for exposure, the corrections' mean over the photos is pinned to none: the same turn and
+shift of every camera is a motion of the whole scene, which the held-out views (whose poses come
+from the same SfM, uncorrected) would not follow. That is why the corrections live in world
+axes: the mean of corrections written in each camera's own axes is not a motion of the scene,
+and pinning it let the scene drift away from the held-out cameras (measured: -1 dB on the
+statue's held-out views).
 """
 
 from __future__ import annotations
@@ -64,20 +69,28 @@ class PoseCorrection(_PerImageDeltas):
         self.optimizer = torch.optim.Adam([self.deltas], lr=1e-4, eps=1e-15)
 
     def correction(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(R [3, 3], t [3]) view `index`'s correction, in its camera's frame (mean = none)."""
+        """(R [3, 3], t [3]) view `index`'s turn about its camera centre and shift, world axes
+        (mean over the views = none)."""
         d = self.deltas[index] - self.deltas.mean(0)  # [6]
         return torch.linalg.matrix_exp(skew(d[:3])), self.extent * d[3:]
 
     def apply(self, gaussians: Gaussians, index: int, camera: Camera) -> Gaussians:
-        """The Gaussians moved by V⁻¹ Δ V: seen from `camera` as view `index`'s corrected camera
-        sees the originals."""
-        r_d, t_d = (x.to(gaussians.dtype) for x in self.correction(index))
-        view = camera.viewmat.to(device=gaussians.means.device, dtype=gaussians.dtype)
-        r_v, t_v = view[:3, :3], view[:3, 3]
-        a = r_v.T @ r_d @ r_v  # [3, 3]
-        b = r_v.T @ (r_d @ t_v + t_d - t_v)  # [3]
-        quats = quat_multiply(rotmat_to_quat(a).expand_as(gaussians.quats), gaussians.quats)  # [N, 4]
-        return replace(gaussians, means=gaussians.means @ a.T + b, quats=quats)
+        """The Gaussians moved by M: seen from `camera` as view `index`'s corrected camera
+        (camera V M) sees the originals."""
+        rot, shift = (x.to(gaussians.dtype) for x in self.correction(index))
+        centre = camera.position.to(device=gaussians.means.device, dtype=gaussians.dtype)  # [3]
+        quats = quat_multiply(rotmat_to_quat(rot).expand_as(gaussians.quats), gaussians.quats)  # [N, 4]
+        means = (gaussians.means - centre) @ rot.T + centre + shift  # [N, 3]
+        return replace(gaussians, means=means, quats=quats)
+
+    def corrected_camera(self, index: int, camera: Camera) -> Camera:
+        """View `index`'s camera with its correction: V M."""
+        rot, shift = (x.detach().double().cpu() for x in self.correction(index))
+        centre = camera.position.double().cpu()
+        move = torch.eye(4, dtype=torch.float64)  # [4, 4] M
+        move[:3, :3] = rot
+        move[:3, 3] = centre - rot @ centre + shift
+        return replace(camera, viewmat=camera.viewmat.double().cpu() @ move)
 
     def step_at(self, progress: float, config: PoseConfig) -> None:
         """One Adam step at the pose schedule; none before `config.start` of the run."""
