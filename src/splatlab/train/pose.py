@@ -34,7 +34,6 @@ from ..camera import Camera
 from ..gaussians import Gaussians
 from ..geometry import quat_multiply, rotmat_to_quat
 from .exposure import _PerImageDeltas
-from .schedule import exp_decay
 
 
 @dataclass
@@ -93,11 +92,6 @@ class PoseCorrection(_PerImageDeltas):
         return replace(camera, viewmat=camera.viewmat.double().cpu() @ move)
 
     def step_at(self, progress: float, config: PoseConfig) -> None:
-        """One Adam step at the pose schedule; none before `config.start` of the run."""
-        if progress < config.start:
-            self.optimizer.zero_grad(set_to_none=True)
-            return
-        rel = (progress - config.start) / (1.0 - config.start)
-        self.optimizer.param_groups[0]["lr"] = exp_decay(config.lr, config.lr_final, rel)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        """One Adam step, its learning rate decaying from `config.start` of the run (the step
+        only takes the corrections from then on: train.step.train_step)."""
+        self.step((progress - config.start) / (1.0 - config.start), config)
