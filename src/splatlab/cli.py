@@ -80,6 +80,14 @@ def _config_of_run(run: Optional[Path]) -> Optional[TrainConfig]:
         return None  # a run of an older splatlab: its settings are not needed to evaluate
 
 
+def _split_options(saved: Optional[TrainConfig]) -> dict:
+    """load_scene options that decide which views are held out and what their cameras are: the
+    training run's, so that render and eval see the test views it held out, with its cameras."""
+    if saved is None:
+        return {}
+    return {"test_every": saved.data.test_every, "intrinsics": saved.data.intrinsics}
+
+
 def _dataset_of_run(run: Optional[Path]) -> Optional[Path]:
     if run is None or not (run / "config.json").exists():
         return None
@@ -220,7 +228,8 @@ def load_training_scene(cfg: TrainConfig, verbose: bool = True, triangulate: boo
     data = cfg.data
     scene = load_scene(data.path, downscale=data.downscale or 1, test_every=data.test_every,
                        eval_split=data.eval_split, device=cfg.device if data.images_on_device else None,
-                       verbose=verbose, triangulate=data.triangulate and triangulate, share=share)
+                       verbose=verbose, triangulate=data.triangulate and triangulate, share=share,
+                       intrinsics=data.intrinsics)
     if data.masks == "off":
         for view in scene.train + scene.test:
             view.drop_mask()
@@ -271,7 +280,8 @@ class Render:
         if data is not None:
             from .data import load_scene
 
-            scene = load_scene(data, verbose=False, triangulate=False)  # cameras and pixels only
+            scene = load_scene(data, verbose=False, triangulate=False,  # cameras and pixels only
+                               **_split_options(_config_of_run(run)))
         if self.camera_path == "test":
             if scene is None or not scene.test:
                 raise CLIError("camera path 'test' needs a dataset with test views: pass --data")
@@ -359,7 +369,8 @@ class Eval:
         saved = _config_of_run(run)
         downscale = self.downscale or (saved.data.downscale if saved else None) or 1
         masks = self.masks if self.masks is not None else (saved.data.masks != "off" if saved else True)
-        scene = load_scene(data, downscale=downscale, eval_split=self.split, verbose=False, triangulate=False)
+        scene = load_scene(data, downscale=downscale, eval_split=self.split, verbose=False, triangulate=False,
+                           **_split_options(saved))
         if not masks:
             for view in scene.test:
                 view.drop_mask()

@@ -449,6 +449,7 @@ class RunDataset:
     downscale: int = 1
     test_every: int = 8
     eval_split: str = "test"
+    intrinsics: str = "auto"
 
 
 def run_dataset(run: Optional[Path]) -> Optional[RunDataset]:
@@ -466,7 +467,7 @@ def run_dataset(run: Optional[Path]) -> Optional[RunDataset]:
     if not path.is_absolute() and not path.exists() and (Path(run).resolve().parent / path).exists():
         path = Path(run).resolve().parent / path
     return RunDataset(path, int(data.get("downscale") or 1), int(data.get("test_every", 8)),
-                      str(data.get("eval_split", "test")))
+                      str(data.get("eval_split", "test")), str(data.get("intrinsics", "auto")))
 
 
 def load_dataset(dataset: RunDataset):
@@ -477,7 +478,8 @@ def load_dataset(dataset: RunDataset):
         raise ValueError(f"dataset {dataset.path} (named by the run's config.json) does not exist here; "
                          "pass it with --data")
     return load_scene(dataset.path, downscale=dataset.downscale, test_every=dataset.test_every,
-                      eval_split=dataset.eval_split, verbose=False, triangulate=False)
+                      eval_split=dataset.eval_split, verbose=False, triangulate=False,
+                      intrinsics=dataset.intrinsics)
 
 
 def up_of_model_file(path: Path) -> Optional[torch.Tensor]:

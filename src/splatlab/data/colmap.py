@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import struct
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -259,6 +260,19 @@ def _copy_camera(camera):
     )
 
 
+def _choose_intrinsics(recon, model_files: dict, images_dir: Path, opts: LoadOptions):
+    """The model with per-photo intrinsics when the photos sharing a camera are a collection
+    (`splatlab.data.intrinsics`), else as read; the choice is logged as an `info:` line."""
+    from .intrinsics import choose_per_photo, per_photo_model
+
+    choice = choose_per_photo(recon, images_dir, opts.intrinsics)
+    if choice.refine:
+        if opts.verbose:
+            print(f"info: {choice.reason}", file=sys.stderr)
+        return per_photo_model(recon, model_files, opts.cache_root, opts.verbose)
+    return recon
+
+
 def load_colmap(
     root: Path,
     opts: LoadOptions,
@@ -272,10 +286,11 @@ def load_colmap(
     model_dir = model_dir or find_colmap_model(root)
     if model_dir is None:
         raise DatasetError(f"{root}: no COLMAP model: looked for sparse/0/ and sparse/")
-    recon, _ = read_model(model_dir)
+    recon, model_files = read_model(model_dir)
     images_dir = images_dir or root / "images"
     if not images_dir.is_dir():
         raise DatasetError(f"{images_dir}: images folder not found (COLMAP datasets keep their images in images/)")
+    recon = _choose_intrinsics(recon, model_files, images_dir, opts)
     source_dir, source_factor, masks_dir = _image_folders(root, images_dir, opts, downscaled_folders)
     registered = _registered_images(recon, model_dir, source_dir, opts)
     jobs = _load_jobs(recon, registered, source_dir, source_factor, masks_dir)

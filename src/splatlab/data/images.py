@@ -134,16 +134,41 @@ def image_size(path: Path) -> tuple[int, int]:
         raise DatasetError(f"{path}: not a readable image file ({exc})") from exc
 
 
-def camera_model(path: Path) -> tuple[str, str] | None:
-    """(make, model) of the camera that took the photo, from its EXIF; None when the file has
-    none (renders, frames of a video, photos stripped of metadata) or cannot be read."""
+def read_exif(path: Path) -> tuple[tuple[int, int], str, str, float | None] | None:
+    """((width, height), make, model, focal length in mm or None) from a photo's header and EXIF;
+    None when the file cannot be read. The one EXIF reader of the loaders: SfM groups photos into
+    cameras by it, and a run tells a photo collection from one capture by it."""
     try:
         with Image.open(path) as img:
             exif = img.getexif()
-    except (OSError, SyntaxError, ValueError):
+            focal = exif.get_ifd(0x8769).get(0x920A)
+            size = img.size
+    except Exception:  # noqa: BLE001 - EXIF is a hint only; a broken file is reported where it is read
         return None
     make, model = (str(exif.get(tag, "")).strip("\x00 ") for tag in (0x010F, 0x0110))
-    return (make, model) if make or model else None
+    try:
+        focal = None if focal is None else round(float(focal), 2)
+    except (TypeError, ValueError, ZeroDivisionError):
+        focal = None
+    return size, make, model, focal
+
+
+def camera_model(path: Path) -> tuple[str, str] | None:
+    """(make, model) of the camera that took the photo, from its EXIF; None when the file has
+    none (renders, frames of a video, photos stripped of metadata) or cannot be read."""
+    exif = read_exif(path)
+    if exif is None or not (exif[1] or exif[2]):
+        return None
+    return exif[1], exif[2]
+
+
+def exif_camera(path: Path) -> tuple[str, str, float | None] | None:
+    """(make, model, focal length in mm) from the EXIF: photos that differ in it differ in their
+    intrinsics; None when the photo records none of them."""
+    exif = read_exif(path)
+    if exif is None or not (exif[1] or exif[2] or exif[3]):
+        return None
+    return exif[1], exif[2], exif[3]
 
 
 def read_mask(path: Path) -> np.ndarray:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from .images import DatasetError, import_pycolmap, list_image_files, log, parallel_map, read_image, warn
+from .images import DatasetError, import_pycolmap, list_image_files, log, parallel_map, read_exif, read_image, warn
 from .scene import LoadOptions, Scene, colmap_model_files
 
 SFM_VERSION = 1
@@ -62,15 +62,6 @@ def _manifest(photo_dir: Path, names: list[str], sfm: SfMOptions) -> dict:
     return {"version": SFM_VERSION, "images": entries, "options": asdict(sfm)}
 
 
-def _exif_camera(path: Path):
-    try:
-        with Image.open(path) as img:
-            exif = img.getexif()
-            return img.size, exif.get(0x010F), exif.get(0x0110), exif.get_ifd(0x8769).get(0x920A)
-    except Exception:  # noqa: BLE001 - EXIF is a hint only
-        return None
-
-
 def _size(path: Path) -> tuple[int, int]:
     with Image.open(path) as img:
         return img.size
@@ -88,7 +79,7 @@ def _run_sfm(photo_dir: Path, names: list[str], sfm_dir: Path, sfm: SfMOptions, 
 
     single = sfm.single_camera
     if single is None:
-        single = len({_exif_camera(photo_dir / n) for n in names}) == 1
+        single = len({read_exif(photo_dir / n) for n in names}) == 1
     camera_mode = pycolmap.CameraMode.SINGLE if single else pycolmap.CameraMode.AUTO
     reader = pycolmap.ImageReaderOptions()
     reader.camera_model = sfm.camera_model

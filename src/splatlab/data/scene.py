@@ -169,6 +169,7 @@ class LoadOptions:
     verbose: bool = True
     sfm: object | None = None  # photos.SfMOptions
     triangulate: bool = True  # poses without points (nerfstudio): triangulate points (data/triangulate.py)
+    intrinsics: str = "auto"  # COLMAP: per-photo intrinsics for a collection under one camera (data/intrinsics.py)
     share: ViewShare | None = None  # None: load every view's pixels
 
     def holds(self, index: int) -> bool:
@@ -363,6 +364,7 @@ def load_scene(
     sfm=None,
     triangulate: bool = True,
     share: ViewShare | None = None,
+    intrinsics: str = "auto",
 ) -> Scene:
     """Load a dataset folder into a training-ready `Scene`.
 
@@ -392,8 +394,16 @@ def load_scene(
             False (or ``num_random_points=0``): random points, or none.
         share: load the pixels of this process's share of the views only (data-parallel
             training); the other views come with their cameras and names (`View.loaded` False).
+        intrinsics: COLMAP models: "auto" gives each photo its own focal length and distortion
+            (bundle adjustment, cached) when photos from different cameras share one camera in
+            the model (a photo collection); "per-photo" whenever a camera is shared; "as-given"
+            never. See :mod:`splatlab.data.intrinsics`.
     """
     path = Path(path).expanduser()
+    from .intrinsics import INTRINSICS_MODES
+
+    if intrinsics not in INTRINSICS_MODES:
+        raise ValueError(f"intrinsics must be one of {', '.join(INTRINSICS_MODES)}, got {intrinsics!r}")
     if isinstance(downscale, bool) or int(downscale) != downscale or downscale < 1:
         raise ValueError(f"downscale must be a positive integer (1, 2, 4, 8, ...), got {downscale!r}")
     if isinstance(test_every, bool) or int(test_every) != test_every or test_every < 0:
@@ -425,6 +435,7 @@ def load_scene(
         sfm=sfm,
         triangulate=bool(triangulate),
         share=share,
+        intrinsics=str(intrinsics),
     )
     log(opts.verbose, f"{path}: detected a {kind} dataset")
     if kind == "blender":

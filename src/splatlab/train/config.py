@@ -30,6 +30,7 @@ from .strategy import DefaultStrategyConfig, MCMCStrategyConfig
 
 
 MaskMode = Literal["auto", "object", "ignore", "off"]
+IntrinsicsMode = Literal["auto", "as-given", "per-photo"]
 
 
 class ConfigError(ValueError):
@@ -60,6 +61,11 @@ class DataConfig:
     triangulate: bool = True
     """nerfstudio/instant-ngp data with poses but no point cloud: start from points triangulated
     from the known poses (pycolmap; seconds, cached) instead of random points."""
+    intrinsics: IntrinsicsMode = "auto"
+    """COLMAP models. "auto": when photos from different cameras (EXIF make, model, focal length)
+    share one camera in the model, a photo collection, each photo's focal length and distortion
+    are refined by bundle adjustment (seconds, cached; data/intrinsics.py), logged. "per-photo":
+    whenever photos share a camera. "as-given": the model's cameras."""
 
     def validate(self) -> None:
         if self.downscale is not None and self.downscale < 1:

@@ -198,6 +198,7 @@ def load_training_cameras(data: Path, options: Optional[dict] = None) -> Trainin
         downscale=int(options.get("downscale", 1)),
         test_every=int(options.get("test_every", 8)),
         eval_split=str(options.get("eval_split", "test")),
+        intrinsics=str(options.get("intrinsics", "auto")),
         cache_dir=False,
         num_random_points=0,
         verbose=False,
