@@ -237,3 +237,17 @@ def test_readme_synopsis_matches_help():
             if literal and not literal.isupper():
                 assert _same(options[name], literal), \
                     f"README shows `{name} {value}` for `splatlab {command}`; --help's default is {options[name]!r}"
+
+
+def test_render_and_eval_hold_out_the_views_the_run_held_out():
+    """A run trained with --test-every 7 --intrinsics as-given is evaluated on its own test views,
+    with its own cameras (the defaults, 8 and auto, would pick other views and cameras)."""
+    from dataclasses import replace
+
+    from splatlab.cli import _split_options
+    from splatlab.train.config import TrainConfig
+
+    cfg = TrainConfig()
+    cfg = replace(cfg, data=replace(cfg.data, test_every=7, intrinsics="as-given"))
+    assert _split_options(TrainConfig.from_dict(cfg.to_dict())) == {"test_every": 7, "intrinsics": "as-given"}
+    assert _split_options(None) == {}

@@ -51,11 +51,11 @@ def choose_per_photo(recon, images_dir: Path, mode: str = "auto") -> IntrinsicsC
     whenever a camera is shared. "as-given": never."""
     shared = _shared_cameras(recon)
     if mode == "as-given":
-        return IntrinsicsChoice(False, "camera intrinsics as the model gives them (--data.intrinsics as-given)")
+        return IntrinsicsChoice(False, "camera intrinsics as the model gives them (--intrinsics as-given)")
     if not shared:
         return IntrinsicsChoice(False, "camera intrinsics as the model gives them: no camera is shared by photos")
     if mode == "per-photo":
-        return IntrinsicsChoice(True, "per-photo intrinsics (--data.intrinsics per-photo): each photo's focal length "
+        return IntrinsicsChoice(True, "per-photo intrinsics (--intrinsics per-photo): each photo's focal length "
                                       "and distortion refined by bundle adjustment")
     for camera_id, image_ids in shared.items():
         kinds = {exif_camera(images_dir / recon.images[i].name) for i in image_ids} - {None}
@@ -63,7 +63,7 @@ def choose_per_photo(recon, images_dir: Path, mode: str = "auto") -> IntrinsicsC
             return IntrinsicsChoice(True, (
                 f"per-photo intrinsics: {len(image_ids)} photos share COLMAP camera {camera_id} but their EXIF names "
                 f"{len(kinds)} different cameras or focal lengths (a photo collection); each photo's focal length and "
-                "distortion are refined by bundle adjustment (--data.intrinsics as-given keeps the model's)"))
+                "distortion are refined by bundle adjustment (--intrinsics as-given keeps the model's)"))
     return IntrinsicsChoice(False, "camera intrinsics as the model gives them: the photos sharing a camera agree "
                                    "in their EXIF (one camera, one focal length)")
 
@@ -151,6 +151,8 @@ def per_photo_model(recon, model_files: dict, cache_root: Path | None, verbose: 
             return cached
         except Exception as exc:  # noqa: BLE001 - a damaged cache is recomputed
             warn(f"{folder}: cannot read the cached refined model ({exc}); refining again")
+    log(verbose, f"per-photo intrinsics: bundle adjustment of {recon.num_reg_images()} photos and "
+                 f"{recon.num_points3D()} points (once; cached)")
     level = pycolmap.logging.minloglevel
     pycolmap.logging.minloglevel = 2  # Ceres' per-iteration report would flood the run's log
     try:
