@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -106,8 +107,6 @@ def refine_per_photo(recon):
 
     Raises ValueError when the adjustment does not give usable cameras (focal lengths not
     finite, or moved by more than MAX_FOCAL_CHANGE), so that the caller keeps the model's."""
-    import math
-
     pycolmap = import_pycolmap()
     out = split_cameras(recon)
     out.update_point_3d_errors()  # the errors of the model as read are not stored with it
