@@ -99,6 +99,15 @@ def test_empty_scene_renders_background():
     assert torch.equal(out.depth, torch.zeros(13, 20, 1, dtype=torch.float64))
 
 
+def test_gaussians_none_of_which_is_seen_render_the_background():
+    # Binning once indexed an [N] buffer through the (empty) list of intersections.
+    cam = camera_at_origin(20, 13)
+    behind = make_gaussians([[0.0, 0.0, -2.0], [0.01, 0.0, -3.0]], log_scale=0.0, opacity=0.9, sh_degree=1)
+    out = rasterize(behind, cam, ref(background=(0.2, 0.4, 0.6)))
+    assert torch.equal(out.image, torch.tensor([0.2, 0.4, 0.6], dtype=out.image.dtype).expand(13, 20, 3))
+    assert out.num_intersections == 0
+
+
 def test_gaussian_behind_camera_changes_nothing():
     cam = camera_at_origin(32, 32)
     scene = random_scene(30, seed=1)

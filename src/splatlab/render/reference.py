@@ -170,7 +170,7 @@ def bin_gaussians(
     tile = tile_y * tiles_x + tile_x  # [M]
 
     # One sort on (tile, depth rank): ties in depth keep input order.
-    depth_rank = torch.empty_like(gid[: len(counts)])
+    depth_rank = torch.empty(len(counts), dtype=gid.dtype, device=device)  # [N] (gid may be shorter)
     depth_rank[torch.argsort(depths.detach(), stable=True)] = torch.arange(len(counts), device=device)
     order = torch.argsort(tile * len(counts) + depth_rank[gid])
     gid, tile = gid[order], tile[order]
