@@ -67,11 +67,13 @@ def from_the_views(scene, masked_scene, group=None) -> dict:
     """What a run computes from every training view's pixels: initial Gaussians (hull), the
     background sphere's Gaussians, the mask coverage (of a scene with masks)."""
     from splatlab.train.init import background_gaussians, initial_gaussians
+    from splatlab.train.surround import surround_colour
     from splatlab.train.views import mask_cover
 
     hull, region = initial_gaussians(scene, "hull", 300, 1, 0.1, seed=0, group=group)
     sky = background_gaussians(scene, 200, 1, 0.8, group)
-    return {"hull": hull.params(), "region": region, "sky": sky.params(), "cover": mask_cover(masked_scene, group)}
+    return {"hull": hull.params(), "region": region, "sky": sky.params(), "cover": mask_cover(masked_scene, group),
+            "surround": surround_colour(masked_scene, group)}
 
 
 def _rank_main(rank: int, port: int, data: str, masked: str, out: str) -> None:
@@ -111,6 +113,7 @@ def test_two_ranks_agree_bit_for_bit_and_equal_one_process_with_batch_2(data, tm
         computed = r["computed"]
         assert computed["region"] == one["region"] == "hull"
         assert computed["cover"] == one["cover"] == 0.5  # (left halves)
+        assert computed["surround"] == one["surround"] != (0.0, 0.0, 0.0)  # per-view medians gathered
         for name, value in one["sky"].items():  # per-view samples gathered: exactly one process's median
             assert torch.equal(computed["sky"][name], value), f"background {name}"
         for name, value in one["hull"].items():  # the same points; colour sums differ in rounding only

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -407,3 +408,72 @@ def test_statue_photos_are_a_collection_and_fox_is_one_capture():
     on, why = choose_lighting(sorted(statue.glob("*.jpg")))
     assert on, why
     assert not choose_lighting(sorted(fox.glob("*.jpg")))[0]
+
+
+def masked_ring_scene(n=4, size=32, near=(0.6, 0.7, 0.8), far=(0.1, 0.1, 0.1)) -> Scene:
+    """Views of a subject (random pixels in a centred square mask) whose mask is drawn loosely:
+    `near` around the subject (the band a loose mask takes in), `far` beyond it."""
+    views = ring_scene(n=n, size=size).train
+    g = torch.Generator().manual_seed(0)
+    for v in views:
+        image = torch.tensor(far).mul(255).round().to(torch.uint8).expand(size, size, 3).clone()
+        image[4:28, 4:28] = torch.tensor(near).mul(255).round().to(torch.uint8)
+        image[8:24, 8:24] = torch.randint(0, 256, (16, 16, 3), generator=g, dtype=torch.uint8)
+        v.image = image
+        v.mask = torch.zeros(size, size, dtype=torch.bool)
+        v.mask[8:24, 8:24] = True
+    views.append(View(views[0].camera, views[0].image.clone(), "unmasked"))  # no mask: not measured
+    views[-1].image[:] = 255
+    return Scene(views, [], torch.rand(200, 3) - 0.5, torch.rand(200, 3), 3.3, None, "synthetic", Path("ring"))
+
+
+def test_surround_colour_is_the_colour_just_outside_the_masks():
+    from splatlab.train.surround import surround_colour
+
+    colour = surround_colour(masked_ring_scene())
+    assert colour == pytest.approx((153 / 255, 178 / 255, 204 / 255), abs=1e-4)  # `near`, not `far` or white
+    assert surround_colour(ring_scene()) == (0.0, 0.0, 0.0)  # no masks
+
+
+def test_object_masks_train_over_a_learned_colour_inside_and_a_random_one_outside(tmp_path):
+    from splatlab.train.run import Run
+    from splatlab.train.step import StepPlan, downsampled, render_view
+    from splatlab.train.surround import Surround
+    from splatlab.train.views import step_view
+
+    scene = masked_ring_scene()
+    near = (153 / 255, 178 / 255, 204 / 255)
+    run = Run(TrainConfig(output=tmp_path / "a", max_minutes=None, iterations=30), scene)
+    assert run.mask_mode == "object" and run._surround_start == pytest.approx(near, abs=1e-4)
+    # `--mask-background render` keeps --render.background (black by default).
+    other = Run(TrainConfig(output=tmp_path / "b", max_minutes=None, data=replace(TrainConfig().data, mask_background="render")), scene)
+    assert other._surround_start is None and other.background == (0.0, 0.0, 0.0)
+
+    surround = Surround(near, torch.device("cpu"))
+    view = step_view(scene, 0, run.config, "object", (0.0, 0.0, 0.0), torch.device("cpu"))
+    behind = surround.behind(view.measure, view.background)
+    inside = view.measure[..., 0].bool()
+    assert torch.allclose(behind[inside], torch.tensor(near)) and torch.allclose(behind[~inside], torch.tensor(view.background))
+    # A render with nothing in front of the camera shows exactly that, and the colour gets a gradient.
+    empty = Gaussians.from_points(torch.tensor([[0.0, 0.0, -100.0]]), torch.zeros(1, 3), 0, 0.1)
+    from splatlab.train.state import TrainState
+    state = TrainState.create(empty, run.config.optim, scene.extent, {}, len(scene.train), 0, torch.device("cpu"))
+    small = downsampled(view, 2)
+    out = render_view(state, small, RenderSettings(backend="reference"), StepPlan(1, 0.0, 1e-4, 0, divisor=2),
+                      behind=surround.behind(small.measure, small.background))
+    torch.testing.assert_close(out.image, surround.behind(small.measure, small.background), atol=1e-6, rtol=0)
+    out.image.sum().backward()
+    assert surround.colour.grad.abs().min() > 0
+
+    # Trained: the colour moves towards what the masked pixels show, is checkpointed, and is what
+    # the evaluation renders over and records (metrics.json), where `splatlab eval/render` read it.
+    result = run.train()
+    learned = run.state.extras["surround"].as_tuple()
+    assert learned != pytest.approx(near, abs=1e-3)
+    metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())[-1]
+    assert tuple(metrics["background"]) == learned == run.background
+    from splatlab.cli import _background_of_run
+    assert _background_of_run(tmp_path / "a") == learned
+    saved = torch.load(tmp_path / "a" / "checkpoints" / "latest.pt", weights_only=False)
+    assert torch.equal(saved["state"]["extras"]["surround"]["colour"], run.state.extras["surround"].colour.detach())
+    assert result.step == 30

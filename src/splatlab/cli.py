@@ -61,10 +61,18 @@ def _load_model(path: Path):
 
 
 def _background_of_run(run: Optional[Path], scene=None) -> tuple[float, float, float]:
-    """What a model was trained over: the dataset's background (white for Blender), else the
-    run's --render.background, else black (3DGS's default for real captures)."""
+    """What a model was trained over: the dataset's background (white for Blender), else what the
+    run's last evaluation rendered over (metrics.json: a colour learned behind a masked subject,
+    train/surround.py), else the run's --render.background, else black (3DGS's default)."""
     if scene is not None and scene.background is not None:
         return tuple(scene.background)
+    if run is not None and (run / "metrics.json").exists():
+        try:
+            evaluations = json.loads((run / "metrics.json").read_text())
+        except ValueError:
+            evaluations = []
+        if evaluations and isinstance(evaluations[-1], dict) and "background" in evaluations[-1]:
+            return tuple(evaluations[-1]["background"])
     if run is not None and (run / "config.json").exists():
         saved = json.loads((run / "config.json").read_text())
         return tuple(saved.get("render", {}).get("background", (0.0, 0.0, 0.0)))

@@ -38,3 +38,8 @@ SSIM_SIGMA = 1.5
 SSIM_C1 = 0.01**2
 SSIM_C2 = 0.03**2
 SSIM_LAMBDA = 0.2  # loss = (1 - lambda) L1 + lambda (1 - SSIM)
+
+# ---- masks -----------------------------------------------------------------------------------
+
+SURROUND_BAND = 0.02  # width of the band outside an object mask whose colour a render shows behind
+# the subject, as a fraction of the image's long side (train/surround.py)

@@ -52,6 +52,12 @@ class DataConfig:
     "ignore": black pixels are not trained (people, reflections). Either way the progress PSNR
     and the evaluation count the white pixels. "off": masks are not used, every pixel counts.
     "auto": "object" when the masks cover less than half of the images, else "ignore"."""
+    mask_background: Literal["surround", "render"] = "surround"
+    """Object masks: what the subject is rendered over. "surround": a colour learned with the
+    model, starting from the median colour of the photos just outside their masks (a mask
+    drawn loosely takes some of the surroundings in, which black gets wrong), used inside the
+    masks while training and in the run's evaluation and renders (train/surround.py).
+    "render": --render.background (black unless given)."""
     test_every: int = 8
     """COLMAP/photos: every N-th image (sorted by name) is held out for testing; 0 = none."""
     eval_split: str = "test"

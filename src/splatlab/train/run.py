@@ -41,6 +41,7 @@ from .exposure import make_appearance
 from .lighting import Lighting
 from .pose import PoseCorrection
 from .step import LossSettings, StepPlan, StepResult, StepView, train_step
+from .surround import Surround, surround_colour
 from .views import mask_cover, mask_message, resolve_mask_mode, step_view
 from .strategy import DefaultStrategy, DefaultStrategyConfig, MCMCStrategy, Strategy
 
@@ -125,13 +126,14 @@ class Run:
         self.shard = ShardSampler(self.group.shard(len(scene.train)), config.seed, self.group.rank, self.group.world)
         if self.group.distributed:  # rank 0 alone writes; the others get what it reads
             self.folder = SharedFolder(self.folder, self.group)
-        self.background = tuple(scene.background or config.render.background)
+        self._background = tuple(scene.background or config.render.background)
         self.events = EventBus()
         self.strategy = make_strategy(config.strategy)
         if self.group.distributed and hasattr(self.strategy, "reduce_statistics"):
             self.strategy.reduce_statistics = self.group.reduce_statistics
         self.mask_cover = mask_cover(scene, self.group)
         self.mask_mode = resolve_mask_mode(scene, config.data.masks, self.mask_cover)
+        self._surround_start = self._choose_surround()
         # Coarse-to-fine when the config leaves it open: from the budget, as the CLI logs it.
         self.coarse_to_fine = config.coarse_to_fine if config.coarse_to_fine is not None \
             else choose_coarse_to_fine(config.max_minutes)[0]
@@ -146,6 +148,21 @@ class Run:
         self.history: list[dict] = []
         self.elapsed = 0.0  # training seconds, earlier sessions of a resumed run included
         self._lpips: Optional[LPIPS] = None
+
+    def _choose_surround(self) -> Optional[tuple[float, float, float]]:
+        """Object masks over a dataset without a background colour: the colour the subject is
+        rendered over is learned, from the colour just outside the masks (train/surround.py)."""
+        if self.mask_mode != "object" or self.scene.background is not None \
+                or self.config.data.mask_background != "surround":
+            return None
+        return surround_colour(self.scene, self.group)
+
+    @property
+    def background(self) -> tuple[float, float, float]:
+        """What the model is rendered over in evaluations and renders: the learned colour behind
+        a masked subject when there is one, else the dataset's or --render.background."""
+        surround = None if self.state is None else self.state.extras.get("surround")
+        return self._background if surround is None else surround.as_tuple()
 
     def _choose_lighting(self) -> tuple[bool, str | None]:
         """Per-photo lighting: as the config says, else from the photos (train/auto.py)."""
@@ -229,6 +246,11 @@ class Run:
         self.elapsed = time.perf_counter() - started  # placing the Gaussians is part of the run
         if self.mask_mode != "off":
             self._say(mask_message(self.scene, self.mask_mode, self.config.data.masks, self.mask_cover))
+        if self._surround_start is not None:
+            r, g, b = self._surround_start
+            self._say(f"the subject is rendered over a colour learned with it, from the colour just outside the "
+                      f"masks ({r:.3f}, {g:.3f}, {b:.3f}), in training (inside the masks), evaluation and "
+                      "renders (--mask-background render: --render.background instead)")
         if self._lighting_why:
             self._say(self._lighting_why)
         if cfg.max_minutes is not None:
@@ -276,6 +298,8 @@ class Run:
             self.state.extras["exposure"] = make_appearance(len(self.scene.train), self.device, self.config.exposure)
             if self.lighting:
                 self.state.extras["lighting"] = Lighting(len(self.scene.train), self.device)
+        if self._surround_start is not None:
+            self.state.extras["surround"] = Surround(self._surround_start, self.device)
         if self.config.pose.enabled:
             self.state.extras["pose"] = PoseCorrection(len(self.scene.train), self.device, self.scene.extent)
 
@@ -351,7 +375,7 @@ class Run:
             indices = self.shard.take(self.state.step, self.config.batch_size)
         else:
             indices = self.state.sampler.take(self.config.batch_size)
-        return [step_view(self.scene, i, self.config, self.mask_mode, self.background, self.device)
+        return [step_view(self.scene, i, self.config, self.mask_mode, self._background, self.device)
                 for i in indices]
 
     def _report(self, result: StepResult, since: tuple[int, float]) -> tuple[int, float]:
@@ -396,7 +420,8 @@ class Run:
         for i, name, image in sorted(renders, key=lambda r: r[0]):
             self.folder.save_render(i, name, image.float() / 255.0)
         metrics = {"step": self.state.step, "num_gaussians": len(self.state.params),
-                   "num_test_views": len(views), "elapsed_seconds": self.elapsed, **result}
+                   "num_test_views": len(views), "elapsed_seconds": self.elapsed, **result,
+                   "background": list(settings.background)}
         if not self._lpips.available:
             metrics["lpips"] = None
             metrics["lpips_unavailable"] = self._lpips.reason

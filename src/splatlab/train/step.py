@@ -142,15 +142,20 @@ def depth_loss(out: RenderOutput, view: StepView, scale: float) -> Optional[torc
 
 
 def render_view(state: TrainState, view: StepView, settings: RenderSettings, plan: StepPlan,
-                lighting=None, pose=None) -> RenderOutput:
+                lighting=None, pose=None, behind: Optional[torch.Tensor] = None) -> RenderOutput:
     """The training render of `view` (lit as its photo was, when a `lighting` model is given;
-    from its corrected camera, when a `pose` correction is)."""
+    from its corrected camera, when a `pose` correction is; over `behind` [H, W, 3] instead of
+    the view's background colour, when given)."""
     settings = replace(settings, background=view.background, sh_degree=plan.sh_degree,
                        render_depth=plan.depth_weight > 0 and (view.inv_depth is not None or view.depth_points is not None))
     gaussians = state.params if lighting is None else lighting.shade(state.params, view.index, view.camera)
     if pose is not None:
         gaussians = pose.apply(gaussians, view.index, view.camera)
-    return rasterize(gaussians, view.camera, settings)
+    out = rasterize(gaussians, view.camera, settings)
+    if behind is None:
+        return out
+    shift = behind - torch.tensor(view.background, dtype=out.image.dtype, device=out.image.device)
+    return replace(out, image=out.image + (1 - out.alpha) * shift)  # T bg -> T behind
 
 
 def train_step(
@@ -166,6 +171,7 @@ def train_step(
     exposure = state.extras.get("exposure") if losses.exposure is not None else None
     lighting = state.extras.get("lighting") if losses.exposure is not None else None
     pose = state.extras.get("pose") if losses.pose is not None and plan.progress >= losses.pose.start else None
+    surround = state.extras.get("surround")  # object masks: the learned colour behind the subject
     for opt in state.optimizers.values():
         for group in opt.param_groups:
             if group.get("name") == "means":
@@ -173,11 +179,13 @@ def train_step(
     outs, view_losses, shown, mses = [], [], [], []
     for view in views:
         view = downsampled(view, plan.divisor)
-        out = render_view(state, view, settings, plan, lighting, pose)
+        behind = None if surround is None or view.measure is None else surround.behind(view.measure, view.background)
+        out = render_view(state, view, settings, plan, lighting, pose, behind)
         strategy.step_pre_backward(state.params, state.optimizers, state.strategy_state, plan.iteration, out)
         image = out.image  # [H, W, 3]
         if exposure is not None:
-            image = exposure.apply(image, view.index, out.alpha, view.background) if view.measure is not None \
+            under = view.background if behind is None else behind  # what empty pixels keep
+            image = exposure.apply(image, view.index, out.alpha, under) if view.measure is not None \
                 else exposure.apply(image, view.index)
         loss, share, mse = masked_loss(image, view.target, view.mask, losses.ssim_lambda, view.measure)
         shown.append(loss.detach() / share)
@@ -204,6 +212,8 @@ def train_step(
             module.step(plan.progress, losses.exposure)
     if pose is not None:
         pose.step_at(plan.progress, losses.pose)
+    if surround is not None:
+        surround.step(plan.progress)
     state.step = plan.iteration
     messages = strategy.step_post_backward(
         state.params, state.optimizers, state.strategy_state, plan.iteration, outs, lr_means=plan.means_lr

@@ -3,7 +3,9 @@ background it is composited over, and its depth prior.
 
 The masks of a real capture mean one of two things (`--masks`, resolved by `resolve_mask_mode`):
 - "object": white is the subject; outside it the render is trained to be empty, over a random
-  background each step (as 3DGS trains RGBA images), and the PSNR counts the subject's pixels;
+  background each step (as 3DGS trains RGBA images), and the PSNR counts the subject's pixels.
+  Inside the masks the render is composited over a learned colour (train/surround.py): masks
+  take in some of the sky or wall around the subject, which a black background gets wrong;
 - "ignore": black pixels are left out of the loss (people, reflections).
 """
 
