@@ -792,3 +792,20 @@ def test_browser_shows_view_dependent_colour_matching_splatlab_render():
     assert figures["splats_dc_psnr"] < figures["splats_sh_psnr"] - 5.0, figures  # ... and the viewer shows them
     assert figures["still_psnr"] >= 35.0, figures
     assert figures["drag_fps"] > 0.5 and figures["drag_color_pushes"] >= 2, figures
+
+
+def test_splatlab_view_of_a_run_shows_what_its_evaluation_rendered_over(tmp_path, monkeypatch):
+    import splatlab.viewer
+    from splatlab.cli import main
+
+    run = tmp_path / "run"
+    (run / "point_cloud" / "iteration_7").mkdir(parents=True)
+    write_ply(run / "point_cloud" / "iteration_7" / "point_cloud.ply", shiny_cube(30))
+    (run / "metrics.json").write_text(json.dumps([{"psnr": 20.0, "background": [0.3, 0.4, 0.5]}]))
+    seen = {}
+    monkeypatch.setattr(splatlab.viewer, "view_model", lambda model, **kw: seen.update(kw))
+    assert main(["view", str(run)]) == 0
+    assert seen["background"] == (0.3, 0.4, 0.5)  # the colour learned behind a masked subject
+    assert main(["view", str(run), "--background", "1", "1", "1"]) == 0 and seen["background"] == (1.0, 1.0, 1.0)
+    (run / "metrics.json").write_text(json.dumps([{"psnr": 20.0}]))  # an older run: the viewer's own default
+    assert main(["view", str(run)]) == 0 and seen["background"] is None

@@ -66,17 +66,25 @@ def _background_of_run(run: Optional[Path], scene=None) -> tuple[float, float, f
     train/surround.py), else the run's --render.background, else black (3DGS's default)."""
     if scene is not None and scene.background is not None:
         return tuple(scene.background)
-    if run is not None and (run / "metrics.json").exists():
-        try:
-            evaluations = json.loads((run / "metrics.json").read_text())
-        except ValueError:
-            evaluations = []
-        if evaluations and isinstance(evaluations[-1], dict) and "background" in evaluations[-1]:
-            return tuple(evaluations[-1]["background"])
+    evaluated = _evaluated_background(run)
+    if evaluated is not None:
+        return evaluated
     if run is not None and (run / "config.json").exists():
         saved = json.loads((run / "config.json").read_text())
         return tuple(saved.get("render", {}).get("background", (0.0, 0.0, 0.0)))
     return (0.0, 0.0, 0.0)
+
+
+def _evaluated_background(run: Optional[Path]) -> Optional[tuple[float, float, float]]:
+    """The colour the run's last evaluation rendered over (metrics.json), or None."""
+    if run is None or not (run / "metrics.json").exists():
+        return None
+    try:
+        evaluations = json.loads((run / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    last = evaluations[-1] if isinstance(evaluations, list) and evaluations else None
+    return tuple(last["background"]) if isinstance(last, dict) and "background" in last else None
 
 
 def _config_of_run(run: Optional[Path]) -> Optional[TrainConfig]:
@@ -557,7 +565,9 @@ class View:
     """World direction shown as up (default: 'cameras', the training cameras' mean up axis, when
     they are known; else +z)."""
     background: Optional[tuple[float, float, float]] = None
-    """Background colour, RGB in [0, 1] (default: the dataset's, else white as `splatlab render`)."""
+    """Background colour, RGB in [0, 1] (default: what a training run's last evaluation rendered
+    over, e.g. the colour learned behind a masked subject; else the dataset's, else white as
+    `splatlab render`)."""
     still_render: bool = True
     """When the camera rests, show splatlab's own render of the view (exact) instead of the browser's splats."""
     cameras: bool = True
@@ -574,8 +584,11 @@ class View:
         if problem:  # a bad value on the command line: exit 2, as for arguments tyro rejects
             print(f"error: {problem}", file=sys.stderr)
             return 2
+        background = self.background
+        if background is None and self.model.is_dir():  # a run's learned colour behind a masked subject
+            background = _evaluated_background(self.model)
         view_model(self.model, port=self.port, host=self.host, data=self.data, up_direction=self.up,
-                   background=self.background, still_render=self.still_render, show_cameras=self.cameras,
+                   background=background, still_render=self.still_render, show_cameras=self.cameras,
                    max_gaussians=self.max_gaussians, open_browser=self.open_browser)
         return 0
 
