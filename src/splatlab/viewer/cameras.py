@@ -188,7 +188,9 @@ def dataset_of_run(run: Optional[Path]) -> tuple[Optional[Path], dict]:
 def load_training_cameras(data: Path, options: Optional[dict] = None) -> TrainingCameras:
     """Load a dataset's training views as the run saw them (`options`: its config's "data" block).
 
-    Never writes into the dataset (no undistortion cache, no random points).
+    Never writes into the dataset: undistorted images and refined intrinsics come from the
+    per-user cache the run filled (data/scene.py), so the viewer sees the cameras the run
+    trained with without redoing that work; no random points.
     """
     from ..data import load_scene
 
@@ -199,7 +201,6 @@ def load_training_cameras(data: Path, options: Optional[dict] = None) -> Trainin
         test_every=int(options.get("test_every", 8)),
         eval_split=str(options.get("eval_split", "test")),
         intrinsics=str(options.get("intrinsics", "auto")),
-        cache_dir=False,
         num_random_points=0,
         verbose=False,
     )
