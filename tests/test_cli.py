@@ -251,3 +251,23 @@ def test_render_and_eval_hold_out_the_views_the_run_held_out():
     cfg = replace(cfg, data=replace(cfg.data, test_every=7, intrinsics="as-given"))
     assert _split_options(TrainConfig.from_dict(cfg.to_dict())) == {"test_every": 7, "intrinsics": "as-given"}
     assert _split_options(None) == {}
+
+
+def test_render_and_eval_use_the_filter_the_run_trained_with(tmp_path):
+    """A model trained with --render.antialiased is evaluated and rendered with it (without it,
+    its small Gaussians come out brighter than they trained); a bare model file gets the defaults."""
+    from dataclasses import replace
+
+    from splatlab.cli import _settings_of_run
+    from splatlab.train.config import TrainConfig
+
+    cfg = TrainConfig()
+    cfg = replace(cfg, render=replace(cfg.render, antialiased=True, eps2d=0.1, near_plane=0.2))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(cfg.to_dict()))
+    settings = _settings_of_run(run, "cpu", (0.1, 0.2, 0.3))
+    assert settings.antialiased and settings.eps2d == 0.1 and settings.near_plane == 0.2
+    assert settings.backend == "cpu" and settings.background == (0.1, 0.2, 0.3)
+    bare = _settings_of_run(None, "auto", (0, 0, 0))
+    assert not bare.antialiased and bare.eps2d == TrainConfig().render.eps2d

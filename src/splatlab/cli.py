@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import tyro
 
-from .render.settings import Backend
+from .render.settings import Backend, RenderSettings
 from .train.config import ConfigError, TrainConfig
 
 
@@ -85,6 +85,15 @@ def _evaluated_background(run: Optional[Path]) -> Optional[tuple[float, float, f
         return None
     last = evaluations[-1] if isinstance(evaluations, list) and evaluations else None
     return tuple(last["background"]) if isinstance(last, dict) and "background" in last else None
+
+
+def _settings_of_run(run: Optional[Path], backend: str, background) -> RenderSettings:
+    """How the run's model is rendered: its training's filter (eps2d, --render.antialiased) and
+    clipping planes, on `backend`, over `background`. Defaults for a bare model file."""
+    saved = _config_of_run(run)
+    trained = saved.render if saved is not None else RenderSettings()
+    return RenderSettings(backend=backend, background=tuple(background), near_plane=trained.near_plane,
+                          far_plane=trained.far_plane, eps2d=trained.eps2d, antialiased=trained.antialiased)
 
 
 def _config_of_run(run: Optional[Path]) -> Optional[TrainConfig]:
@@ -286,7 +295,7 @@ class Render:
     def run(self) -> int:
         from .camera_paths import interpolate_cameras, orbit_around_gaussians, orbit_from_cameras
         from .io import save_png, to_uint8
-        from .render import RenderSettings, rasterize
+        from .render import rasterize
 
         if self.frames < 1 or self.fps < 1 or (self.width is not None and self.width < 2):
             raise ConfigError(f"--frames and --fps must be >= 1 and --width >= 2, got {self.frames}, {self.fps}, {self.width}")
@@ -316,7 +325,7 @@ class Render:
         base = run if run is not None else ply.parent
         out = _prepare_output(self.output or base / "renders" / self.camera_path, self.force)
         background = self.background or _background_of_run(run, scene)
-        settings = RenderSettings(backend=self.backend, background=background)
+        settings = _settings_of_run(run, self.backend, background)
         from tqdm.auto import tqdm
 
         frames = []
@@ -376,7 +385,6 @@ class Eval:
     def run(self) -> int:
         from .data import load_scene
         from .metrics import LPIPS, evaluate_views
-        from .render import RenderSettings
 
         gaussians, ply, run = _load_model(self.model)
         data = self.data or _dataset_of_run(run)
@@ -393,7 +401,7 @@ class Eval:
         if not scene.test:
             raise CLIError(f"{data} has no test views to evaluate on")
         bg = self.background or _background_of_run(run, scene)
-        settings = RenderSettings(backend=self.backend, background=tuple(bg))
+        settings = _settings_of_run(run, self.backend, bg)
         lpips = LPIPS()
         result = evaluate_views(gaussians, scene.test, settings, lpips)
         rows = result.pop("per_image")
@@ -662,7 +670,7 @@ class Demo:
         from .camera_paths import orbit_from_cameras
         from .demo_scene import demo_train_config, make_demo_scene
         from .io import to_uint8
-        from .render import RenderSettings, rasterize
+        from .render import rasterize
         from .train.console import ConsoleReporter
         from .train.run import Run
 
