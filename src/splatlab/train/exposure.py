@@ -70,19 +70,27 @@ def _over_background(image: torch.Tensor, alpha: torch.Tensor | None, background
     return linear(image - behind) + alpha * offset + behind
 
 
-class _PerImageDeltas:
-    """Per-image learned offsets `deltas` and their Adam, saved and restored with a checkpoint."""
+class Learned:
+    """A learned tensor (the attribute named by `param`) and its Adam, saved and restored with a
+    checkpoint under that name."""
 
-    deltas: torch.nn.Parameter
+    param = "deltas"
     optimizer: torch.optim.Optimizer
 
     def state_dict(self) -> dict:
-        return {"deltas": self.deltas.detach().cpu(), "optimizer": self.optimizer.state_dict()}
+        return {self.param: getattr(self, self.param).detach().cpu(), "optimizer": self.optimizer.state_dict()}
 
     def load_state_dict(self, d: dict) -> None:
+        value = getattr(self, self.param)
         with torch.no_grad():
-            self.deltas.copy_(d["deltas"].to(self.deltas.device))
+            value.copy_(d[self.param].to(value.device))
         self.optimizer.load_state_dict(d["optimizer"])
+
+
+class _PerImageDeltas(Learned):
+    """Per-image learned offsets `deltas` and their Adam, saved and restored with a checkpoint."""
+
+    deltas: torch.nn.Parameter
 
     def step(self, progress: float, config: ExposureConfig) -> None:
         """One Adam step at the exposure schedule's learning rate (3DGS's exponential decay)."""

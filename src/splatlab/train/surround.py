@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Optional
 import torch
 
 from ..constants import SURROUND_BAND
+from .exposure import Learned
 from .schedule import exp_decay
 
 if TYPE_CHECKING:
@@ -57,8 +58,10 @@ def surround_colour(scene: Scene, group: Optional[Group] = None) -> tuple[float,
     return tuple(round(float(c), 4) for c in colours[masked].median(dim=0).values)
 
 
-class Surround:
-    """The learned colour [3] behind a masked subject, and its optimizer."""
+class Surround(Learned):
+    """The learned colour [3] behind a masked subject, and its optimizer (checkpointed as "colour")."""
+
+    param = "colour"
 
     def __init__(self, start: tuple[float, float, float], device: torch.device) -> None:
         self.colour = torch.nn.Parameter(torch.tensor(start, dtype=torch.float32, device=device))  # [3]
@@ -81,11 +84,3 @@ class Surround:
         self.optimizer.param_groups[0]["lr"] = exp_decay(SURROUND_LR[0], SURROUND_LR[1], progress)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-
-    def state_dict(self) -> dict:
-        return {"colour": self.colour.detach().cpu(), "optimizer": self.optimizer.state_dict()}
-
-    def load_state_dict(self, d: dict) -> None:
-        with torch.no_grad():
-            self.colour.copy_(d["colour"].to(self.colour.device))
-        self.optimizer.load_state_dict(d["optimizer"])
