@@ -241,6 +241,33 @@ def test_gradient_statistic_is_ndc_norm_averaged_over_visible_views():
     assert torch.allclose(state["max_radii"], torch.full((3,), 3 / 64))
 
 
+def test_pixel_weighted_statistic_grows_from_the_views_where_a_gaussian_looks_large():
+    """Pixel-GS weighting: a Gaussian with a large gradient in one close-up view (radius 12 px)
+    and none in three wide views (radius 1 px) averages above the threshold; one vote per view
+    averages it below."""
+    grads = [torch.tensor([[1e-4, 0.0]]), *[torch.zeros(1, 2)] * 3]  # NDC norm: 3.2e-3, then 0
+    radii = [torch.tensor([12]), *[torch.tensor([1])] * 3]
+    averages = {}
+    for weighted in (False, True):
+        params, opts = random_training(1)
+        strategy = DefaultStrategy(DefaultStrategyConfig(refine_start=1000, pixel_weighted=weighted))
+        state = strategy.initialize_state(1.0)
+        for step, (grad, r) in enumerate(zip(grads, radii), start=1):
+            strategy.step_post_backward(params, opts, state, step, fake_output(grad, radii=r), 0.0)
+        averages[weighted] = float(state["grad2d"][0] / state["count"][0])
+    close_up = math.pi * 144
+    assert averages[False] == pytest.approx(3.2e-3 / 4)
+    assert averages[True] == pytest.approx(3.2e-3 * close_up / (close_up + 3 * math.pi))
+    assert averages[True] > 3 * averages[False]
+    # A Gaussian larger than the image weighs as the image; an invisible one not at all.
+    params, opts = random_training(2)
+    strategy = DefaultStrategy(DefaultStrategyConfig(refine_start=1000, pixel_weighted=True))
+    state = strategy.initialize_state(1.0)
+    out = fake_output(torch.full((2, 2), 1e-4), visible=torch.tensor([True, False]), radii=torch.tensor([500, 7]))
+    strategy.step_post_backward(params, opts, state, 1, out, 0.0)
+    assert state["count"].tolist() == [64.0 * 32.0, 0.0]
+
+
 def _two_gaussian_scene(shift_a: float, shift_b: float):
     """A and B, left and right of centre; the target has A moved by shift_a, B by shift_b."""
     cam = Camera.look_at((0.0, 0.0, -4.0), (0.0, 0.0, 0.0), up=(0.0, -1.0, 0.0), width=32, height=32)

@@ -60,6 +60,11 @@ class DefaultStrategyConfig:
     """Use the absolute gradient of AbsGS (Ye et al. 2024) instead of the gradient: it also
     grows Gaussians whose per-pixel gradients cancel (large blurry ones). Needs rendering with
     RenderSettings(absgrad=True), which fills `out.means2d.absgrad`."""
+    pixel_weighted: bool = False
+    """Average the gradient over views weighted by the pixels the Gaussian covers in each (its
+    screen area, pi r^2 at the 3-sigma radius, at most the image), as Pixel-GS (Zhang et al.
+    2024) does, instead of one vote per view: a Gaussian that looks large in a few close-up
+    views and small in many wide ones grows from the close-ups' gradients."""
     refine_start: int = 500
     """Grow/prune only at steps > refine_start (statistics are gathered from step 0)."""
     refine_stop: int = 15_000
@@ -211,9 +216,12 @@ class DefaultStrategy(Strategy):
         # arithmetic at 100k+ Gaussians.
         weight = visible.to(grad2d.dtype)  # [N]
         norms = (grad.detach() * ndc).norm(dim=-1)  # [N]
+        radii = info.radii.to(max_radii.dtype) * weight  # [N] pixels
+        if self.config.pixel_weighted:  # pixels covered, >= 1 where visible (the average divides by >= 1)
+            weight = (math.pi * radii * radii).clamp(max=float(width * height)).clamp_min(1.0) * weight
         grad2d += norms.to(grad2d.dtype) * weight
         count += weight
-        radii = info.radii.to(max_radii.dtype) * weight / float(max(width, height))  # [N]
+        radii = radii / float(max(width, height))  # [N]
         torch.maximum(max_radii, radii, out=max_radii)
 
     @staticmethod
