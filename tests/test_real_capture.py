@@ -448,6 +448,16 @@ def test_object_masks_train_over_a_learned_colour_inside_and_a_random_one_outsid
     # `--mask-background render` keeps --render.background (black by default).
     other = Run(TrainConfig(output=tmp_path / "b", max_minutes=None, data=replace(TrainConfig().data, mask_background="render")), scene)
     assert other._surround_start is None and other.background == (0.0, 0.0, 0.0)
+    # A background the user gave is not silently dropped: the run says how to use it.
+    from splatlab.train.events import MessageEvent
+
+    given = Run(TrainConfig(output=tmp_path / "c", max_minutes=None, iterations=1, progress=False, save_at=(),
+                            eval_at=(), render=RenderSettings(background=(1.0, 1.0, 1.0))), scene)
+    said: list[tuple[str, str]] = []
+    given.subscribe(lambda e: said.append((e.level, e.text)) if isinstance(e, MessageEvent) else None)
+    given.train()
+    assert ("warning", "--render.background 1 1 1 is not what the masked subject is rendered over: add "
+            "--mask-background render to use it") in said
 
     surround = Surround(near, torch.device("cpu"))
     view = step_view(scene, 0, run.config, "object", (0.0, 0.0, 0.0), torch.device("cpu"))
@@ -467,7 +477,10 @@ def test_object_masks_train_over_a_learned_colour_inside_and_a_random_one_outsid
 
     # Trained: the colour moves towards what the masked pixels show, is checkpointed, and is what
     # the evaluation renders over and records (metrics.json), where `splatlab eval/render` read it.
+    run_said: list[str] = []
+    run.subscribe(lambda e: run_said.append(e.level) if isinstance(e, MessageEvent) else None)
     result = run.train()
+    assert "warning" not in run_said  # the default background: nothing to warn about
     learned = run.state.extras["surround"].as_tuple()
     assert learned != pytest.approx(near, abs=1e-3)
     metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())[-1]

@@ -251,6 +251,10 @@ class Run:
             self._say(f"the subject is rendered over a colour learned with it, from the colour just outside the "
                       f"masks ({r:.3f}, {g:.3f}, {b:.3f}), in training (inside the masks), evaluation and "
                       "renders (--mask-background render: --render.background instead)")
+            if tuple(self.config.render.background) != RenderSettings().background:
+                self._say(f"--render.background {' '.join(f'{c:g}' for c in self.config.render.background)} is not "
+                          "what the masked subject is rendered over: add --mask-background render to use it",
+                          "warning")
         if self._lighting_why:
             self._say(self._lighting_why)
         if cfg.max_minutes is not None:
