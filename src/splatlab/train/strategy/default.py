@@ -148,7 +148,7 @@ class DefaultStrategy(Strategy):
     """3DGS adaptive density control; state holds the gradient statistics (see module doc).
 
     State keys: scene_extent (float); scene_centre ([3] or None: see _reach); grad2d [N] (sum of gradient norms), count [N] (views in
-    which the Gaussian was visible), max_radii [N] (largest radius / max(W, H)) — all None until
+    which the Gaussian was visible; with pixel_weighted, the pixels it covered in them), max_radii [N] (largest radius / max(W, H)) — all None until
     the first statistics update, reset to zeros after each refine.
     """
 
