@@ -91,7 +91,7 @@ def prepare_splats(means2d, conics, opacities, colors, depths, width, height, re
 @njit(**_JIT_FMA)
 def _forward_tile(
     tile, tw, rec, bbox, isect_gid, tile_offsets, width, height, tiles_x, consts,
-    trans, acc, done, last, wrow, fbuf, xl, yl, out_feat, out_t, out_last,
+    trans, acc, done, last, wrow, fbuf, xl, yl, row_done, out_feat, out_t, out_last,
 ):  # fmt: skip
     """Composite one tile front to back (see composite_forward). Returns the rows processed."""
     nf = out_feat.shape[2]
@@ -113,12 +113,14 @@ def _forward_tile(
     trans[:] = one
     acc[:] = zero
     last[:] = -1
+    row_done[:] = 0
     num_outside = 0
     for p in range(NPIX):  # pixels past the image edge count as done from the start
         r = p // TILE
         outside = (py0 + r >= py1) or (px0 + p - r * TILE >= px1)
         done[p] = 1 if outside else 0
         num_outside += 1 if outside else 0
+        row_done[r] += 1 if outside else 0
     rows = 0
     num_done = num_outside
     for i in range(tile_offsets[tile], tile_offsets[tile + 1]):
@@ -136,10 +138,14 @@ def _forward_tile(
         cc = rec[g, 4]
         op = rec[g, 5]
         i32 = np.int32(i)
-        rows += by1 - by0 + 1
         for py in range(by0, by1 + 1):
-            dy = yl[py - py0] - my
-            base = np.uint64((py - py0) * TILE)
+            r = py - py0
+            if row_done[r] == TILE:
+                continue  # every pixel of this row is finished: nothing would change
+            rows += 1
+            dy = yl[r] - my
+            base = np.uint64(r * TILE)
+            any_finished = False
             for jj in range(tw):
                 j = np.uint64(jj)
                 p = base + j
@@ -153,6 +159,7 @@ def _forward_tile(
                 contrib = ok & (test_t >= t_min)
                 done[p] = done[p] | finished
                 fbuf[j] = finished
+                any_finished |= finished
                 wrow[j] = alpha * t if contrib else zero
                 trans[p] = test_t if contrib else t
                 last[p] = i32 if contrib else last[p]
@@ -162,8 +169,12 @@ def _forward_tile(
                 for jj in range(tw):
                     j = np.uint64(jj)
                     acc[kb + j] += f * wrow[j]
-            for j in range(TILE):
-                num_done += fbuf[j]
+            if any_finished:  # rare: a pixel finishes once
+                n_fin = 0
+                for j in range(TILE):
+                    n_fin += fbuf[j]
+                row_done[r] += n_fin
+                num_done += n_fin
         if num_done == NPIX:
             break  # every pixel of the tile is saturated
     for py in range(py0, py1):
@@ -206,6 +217,7 @@ def composite_forward(
         fbuf = np.empty(TILE, np.uint8)
         xl = np.empty(TILE, dt)
         yl = np.empty(TILE, dt)
+        row_done = np.empty(TILE, np.int64)
         while True:
             kt = _fetch_add_one(counter, 0)
             if kt >= n_tiles:
@@ -213,7 +225,7 @@ def composite_forward(
             tile = tile_order[kt]
             tile_work[tile] = _forward_tile(
                 tile, tw, rec, bbox, isect_gid, tile_offsets, width, height, tiles_x, consts,
-                trans, acc, done, last, wrow, fbuf, xl, yl, out_feat, out_t, out_last,
+                trans, acc, done, last, wrow, fbuf, xl, yl, row_done, out_feat, out_t, out_last,
             )  # fmt: skip
 
 
