@@ -103,6 +103,7 @@ def _forward_tile(
     zero = consts[5]
     ty = tile // tiles_x
     tx = tile - ty * tiles_x
+    half_w = tw // 2
     px0 = tx * TILE
     py0 = ty * TILE
     px1 = min(px0 + TILE, width)  # exclusive
@@ -131,6 +132,11 @@ def _forward_tile(
         by1 = min(bbox[g, 3], py1 - 1)
         if bx0 > bx1 or by0 > by1:
             continue
+        # the columns to compute: the 8-column half of the tile the footprint box lies in, or
+        # both (outside the box alpha < 1/255, so the skipped columns would change nothing).
+        # The same in the backward made it 3x slower (session 10): its loops keep full rows.
+        j0 = 0 if bx0 - px0 < half_w else half_w
+        j1 = tw if bx1 - px0 >= half_w else half_w
         mx = rec[g, 0]
         my = rec[g, 1]
         ca = rec[g, 2]
@@ -146,7 +152,7 @@ def _forward_tile(
             dy = yl[r] - my
             base = np.uint64(r * TILE)
             any_finished = False
-            for jj in range(tw):
+            for jj in range(j0, j1):
                 j = np.uint64(jj)
                 p = base + j
                 dx = xl[j] - mx
@@ -166,12 +172,12 @@ def _forward_tile(
             for k in range(nf):
                 f = rec[g, 6 + k]
                 kb = np.uint64(k * NPIX) + base
-                for jj in range(tw):
+                for jj in range(j0, j1):
                     j = np.uint64(jj)
                     acc[kb + j] += f * wrow[j]
             if any_finished:  # rare: a pixel finishes once
                 n_fin = 0
-                for j in range(TILE):
+                for j in range(j0, j1):
                     n_fin += fbuf[j]
                 row_done[r] += n_fin
                 num_done += n_fin
