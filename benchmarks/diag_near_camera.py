@@ -33,11 +33,7 @@ def nearest_relative_depth(means: torch.Tensor, cameras) -> torch.Tensor:
     centre = means.median(0).values  # [3]
     out = torch.full((len(means),), float("inf"))
     for cam in cameras:
-        rot, t = cam.viewmat[:3, :3].float(), cam.viewmat[:3, 3].float()
-        pc = means @ rot.T + t  # [N, 3] camera space (OpenCV: +z forward)
-        z = pc[:, 2]
-        u = cam.fx * pc[:, 0] / z.clamp_min(1e-6) + cam.cx
-        v = cam.fy * pc[:, 1] / z.clamp_min(1e-6) + cam.cy
+        u, v, z = cam.project(means).unbind(-1)  # [N] each: pixel coordinates, depth
         inside = (z > 0) & (u >= 0) & (u < cam.width) & (v >= 0) & (v < cam.height)
         dist = float((cam.position.float() - centre).norm())
         out = torch.minimum(out, torch.where(inside, z / dist, torch.full_like(z, float("inf"))))

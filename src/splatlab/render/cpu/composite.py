@@ -389,7 +389,7 @@ def _backward_tile(
         span_x = rect[g, 2] - rect[g, 0] + 1
         s = slot_offsets[g] + (ty - rect[g, 1]) * span_x + (tx - rect[g, 0])
         # pairwise, fixed order: lanes[q*16] ends as the sum of quantity q's 16 lanes. Constant
-        # widths (8, 4, 2, 1), not a halving loop: with the OR above, 11% less backward time
+        # widths (8, 4, 2, 1), not a halving loop: with the OR above, ~10% less backward time
         # (docs/benchmarks.md, session 10), same bits.
         for q in range(_NL + nf):
             _fold_lanes(lanes, np.uint64(q * TILE))
