@@ -43,3 +43,9 @@ SSIM_LAMBDA = 0.2  # loss = (1 - lambda) L1 + lambda (1 - SSIM)
 
 SURROUND_BAND = 0.02  # width of the band outside an object mask whose colour a render shows behind
 # the subject, as a fraction of the image's long side (train/surround.py)
+
+# ---- Mip-Splatting's 3D smoothing filter (train/smoothing.py; Yu et al. 2024) -----------------
+
+SMOOTHING_3D_VARIANCE = 0.2  # the filter's variance in screen space, px^2 (Mip-Splatting's 0.2)
+SMOOTHING_3D_MARGIN = 0.15  # a camera "sees" a centre within 15% of its frame outside the image
+SMOOTHING_3D_EVERY = 100  # steps between recomputations of the sampling rates (as Mip-Splatting)

@@ -39,6 +39,7 @@ from .schedule import exp_decay, resolution_divisor, sh_degree_at
 from .state import TrainState, seed_everything
 from .exposure import make_appearance
 from .lighting import Lighting
+from .smoothing import SmoothingFilter3D
 from .pose import PoseCorrection
 from .step import LossSettings, StepPlan, StepResult, StepView, train_step
 from .surround import Surround, surround_colour
@@ -186,8 +187,16 @@ class Run:
         self.events.subscribe(fn)
 
     def live_gaussians(self) -> Optional[Gaussians]:
-        """The parameters being trained, detached (views, not copies), or None before the start."""
-        return None if self.state is None else self.state.params.detach()
+        """The model being trained, detached, or None before the start: the parameters
+        themselves (views, not copies), or with the 3D smoothing filter, filtered copies."""
+        return None if self.state is None else self.model()
+
+    def model(self) -> Gaussians:
+        """The trained model as it is saved, evaluated and shown: the parameters, detached,
+        with the 3D smoothing filter baked in when the run uses it."""
+        params = self.state.params.detach()
+        smoothing = self.state.extras.get("smoothing")
+        return params if smoothing is None else smoothing.apply(params)
 
     @property
     def steps(self) -> int:
@@ -306,6 +315,8 @@ class Run:
             self.state.extras["surround"] = Surround(self._surround_start, self.device)
         if self.config.pose.enabled:
             self.state.extras["pose"] = PoseCorrection(len(self.scene.train), self.device, self.scene.extent)
+        if self.config.smoothing_3d:  # cameras at the full training resolution: the finest sampling
+            self.state.extras["smoothing"] = SmoothingFilter3D([v.camera.to(self.device) for v in self.scene.train])
 
     def _apply_batch_rule(self) -> None:
         cfg = self.config
@@ -416,7 +427,7 @@ class Run:
             both = torch.cat([image, view.image_float(self.device)], dim=1)
             renders.append((mine[i], view.name, (both.clamp(0, 1) * 255).round().to(torch.uint8).cpu()))
 
-        result = evaluate_views(self.state.params.detach(), [views[i] for i in mine], settings, self._lpips,
+        result = evaluate_views(self.model(), [views[i] for i in mine], settings, self._lpips,
                                 self.device, save if save_renders else None)
         if self.group.distributed:
             result = merge_evaluations(self.group.gather((mine, result), "gathering the evaluation"), views)
@@ -440,10 +451,10 @@ class Run:
         metrics = self.evaluate(save_renders=self.config.save_renders)
         self.folder.write_history(self.history, f"{len(self.state.params)} Gaussians, {self.elapsed / 60:.1f} min")
         self.events.emit(EndEvent(self.state.step, reason, self.output))
-        return TrainResult(self.state.params.detach(), self.state.step, metrics, self.output, reason)
+        return TrainResult(self.model(), self.state.step, metrics, self.output, reason)
 
     def _save_ply(self) -> None:
-        snapshot = self.state.params.detach().clone()
+        snapshot = self.model().clone()
         path = self.folder.save_ply(self.state.step, snapshot)
         self.events.emit(SnapshotEvent(self.state.step, snapshot, path))
 

@@ -148,7 +148,10 @@ def render_view(state: TrainState, view: StepView, settings: RenderSettings, pla
     the view's background colour, when given)."""
     settings = replace(settings, background=view.background, sh_degree=plan.sh_degree,
                        render_depth=plan.depth_weight > 0 and (view.inv_depth is not None or view.depth_points is not None))
-    gaussians = state.params if lighting is None else lighting.shade(state.params, view.index, view.camera)
+    smoothing = state.extras.get("smoothing")  # Mip-Splatting's 3D filter, before anything else
+    gaussians = state.params if smoothing is None else smoothing.apply(state.params)
+    if lighting is not None:
+        gaussians = lighting.shade(gaussians, view.index, view.camera)
     if pose is not None:
         gaussians = pose.apply(gaussians, view.index, view.camera)
     out = rasterize(gaussians, view.camera, settings)
@@ -176,6 +179,8 @@ def train_step(
         for group in opt.param_groups:
             if group.get("name") == "means":
                 group["lr"] = plan.means_lr
+    if "smoothing" in state.extras:
+        state.extras["smoothing"].refresh(state.params, plan.iteration)
     outs, view_losses, shown, mses = [], [], [], []
     for view in views:
         view = downsampled(view, plan.divisor)
