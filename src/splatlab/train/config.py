@@ -181,7 +181,8 @@ class TrainConfig:
     """Mip-Splatting's 3D smoothing filter (train/smoothing.py): no Gaussian finer than the
     training photos resolve it (0.2 px^2 at the closest training camera that sees it), so that
     views closer than the photos (zoom-in, telephoto) do not break it up; baked into the saved
-    model. Pair with --render.antialiased for Mip-Splatting's 2D filter."""
+    model (so --init-model from such a model with --smoothing-3d filters it a second time).
+    Pair with --render.antialiased for Mip-Splatting's 2D filter."""
     random_background: bool = False
     """Render over a random colour each step (discourages using the background as colour)."""
     init_opacity: float = 0.1
