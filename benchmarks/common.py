@@ -31,6 +31,24 @@ REPO = Path(__file__).resolve().parents[1]
 SH_C0 = 0.28209479177387814
 
 
+# ---- a training run, as its own evaluation sees it ---------------------------------------------
+
+
+def load_run(run: Path):
+    """(Gaussians, output folder, scene, render settings) of a `splatlab train` output folder:
+    the model, the dataset, split and masks its config.json names, and the settings (background
+    included) its evaluation renders with. ValueError when `run` has no config.json."""
+    from splatlab import cli  # here, not at the top: other benchmarks run other checkouts' code
+
+    gaussians, _ply, folder = cli._load_model(run)
+    saved = cli._config_of_run(folder)
+    if saved is None:
+        raise ValueError(f"{run}: not a `splatlab train` output folder (no config.json)")
+    scene = cli.load_training_scene(saved, verbose=False, triangulate=False)
+    settings = cli._settings_of_run(folder, "auto", cli._background_of_run(folder, scene))
+    return gaussians, folder, scene, settings
+
+
 # ---- the standard random scene ---------------------------------------------------------------
 
 

@@ -24,13 +24,14 @@ import sys
 import zlib  # noqa: F401  (before pycolmap: its bundled zlib must not be the first one loaded)
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from splatlab import cli  # noqa: E402
-from splatlab.metrics import fit_affine_colour, psnr_masked  # noqa: E402
+import common  # noqa: E402
+from splatlab.metrics import apply_affine_colour, fit_affine_colour, psnr_masked  # noqa: E402
 from splatlab.render import rasterize  # noqa: E402
 
 
@@ -68,8 +69,7 @@ def split_view(image: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor | None,
     band = counted & ~interior
     total = sse(image, gt, counted)
     m = fit_affine_colour(image, gt, interior)  # [4, 3]
-    flat = image.double().reshape(-1, 3)
-    mapped = (torch.cat([flat, flat.new_ones(len(flat), 1)], 1) @ m).reshape(image.shape).clamp(0, 1)
+    mapped = apply_affine_colour(image, m).clamp(0, 1)
     return {"all": psnr_masked(image, gt, counted), "interior": psnr_masked(image, gt, interior),
             "edge": psnr_masked(image, gt, band) if band.any() else float("nan"),
             "edge_share": sse(image, gt, band) / total if total > 0 else 0.0,
@@ -87,12 +87,10 @@ def main(argv=None) -> int:
     print("| run | view | all | interior | edge | edge's share of the error | interior, affine colour | best shift |")
     print("|---|---|---:|---:|---:|---:|---:|---|")
     for run in args.runs:
-        gaussians, _ply, folder = cli._load_model(run)
-        saved = cli._config_of_run(folder)
-        if saved is None:
-            ap.error(f"{run}: not a `splatlab train` output folder (no config.json)")
-        scene = cli.load_training_scene(saved, verbose=False, triangulate=False)
-        settings = cli._settings_of_run(folder, "auto", cli._background_of_run(folder, scene))
+        try:
+            gaussians, folder, scene, settings = common.load_run(run)
+        except ValueError as e:
+            ap.error(str(e))
         for view in scene.test:
             with torch.no_grad():
                 image = rasterize(gaussians, view.camera, settings).image.clamp(0, 1).cpu()

@@ -19,11 +19,12 @@ import sys
 import zlib  # noqa: F401  (before pycolmap: its bundled zlib must not be the first one loaded)
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import torch  # noqa: E402
 
-from splatlab import cli  # noqa: E402
+import common  # noqa: E402
 from splatlab.metrics import evaluate_views  # noqa: E402
 
 
@@ -48,12 +49,10 @@ def main(argv=None) -> int:
     print("| run | Gaussians | fraction | near | their opacity sum | test PSNR as is | without them |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for run in args.runs:
-        gaussians, _ply, folder = cli._load_model(run)
-        saved = cli._config_of_run(folder)
-        if saved is None:
-            ap.error(f"{run}: not a `splatlab train` output folder (no config.json)")
-        scene = cli.load_training_scene(saved, verbose=False, triangulate=False)
-        settings = cli._settings_of_run(folder, "auto", cli._background_of_run(folder, scene))
+        try:
+            gaussians, folder, scene, settings = common.load_run(run)
+        except ValueError as e:
+            ap.error(str(e))
         rel = nearest_relative_depth(gaussians.means.detach().float(), [v.camera for v in scene.train])
         opacity = gaussians.opacities.detach()
         base = evaluate_views(gaussians, scene.test, settings)["psnr"]

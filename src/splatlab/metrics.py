@@ -50,6 +50,12 @@ def fit_affine_colour(render: torch.Tensor, target: torch.Tensor, mask: torch.Te
     return torch.linalg.solve(x.T @ x + ridge, x.T @ y)
 
 
+def apply_affine_colour(image: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """[H, W, 3] float64: `image` [H, W, 3] through the map m [4, 3] of fit_affine_colour."""
+    flat = image.double().reshape(-1, 3)
+    return (torch.cat([flat, flat.new_ones(len(flat), 1)], 1) @ m).reshape(image.shape)
+
+
 def psnr_exposure_fitted(render: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> float:
     """The 3DGS protocol for models trained with exposure compensation: fit an affine colour
     transform on the left half of the image, apply it, and measure PSNR on the right half."""
@@ -57,8 +63,7 @@ def psnr_exposure_fitted(render: torch.Tensor, target: torch.Tensor, mask: torch
     half = w // 2
     left_mask = None if mask is None else mask[:, :half]
     m = fit_affine_colour(render[:, :half], target[:, :half], left_mask)
-    right = render[:, half:].double().reshape(-1, 3)
-    mapped = (torch.cat([right, right.new_ones(len(right), 1)], 1) @ m).reshape(render.shape[0], w - half, 3)
+    mapped = apply_affine_colour(render[:, half:], m)
     return psnr_masked(mapped.clamp(0, 1), target[:, half:], None if mask is None else mask[:, half:])
 
 
