@@ -92,6 +92,16 @@ def _rank_main(rank: int, port: int, data: str, masked: str, out: str) -> None:
         torch.save({**result, "shares": shares, "computed": computed}, Path(out).parent / f"rank{rank}.pt")
     finally:
         distributed.teardown()
+    (Path(out).parent / f"threads{rank}.json").write_text(json.dumps(gloo_threads()))
+
+
+def gloo_threads() -> list[str] | None:
+    """Names of this process's gloo threads (None where /proc does not list threads)."""
+    tasks = Path("/proc/self/task")
+    if not tasks.is_dir():
+        return None
+    names = [(t / "comm").read_text().strip() for t in tasks.iterdir() if (t / "comm").exists()]
+    return [n for n in names if "gloo" in n]
 
 
 def test_two_ranks_agree_bit_for_bit_and_equal_one_process_with_batch_2(data, tmp_path):
@@ -103,6 +113,8 @@ def test_two_ranks_agree_bit_for_bit_and_equal_one_process_with_batch_2(data, tm
     write_colmap_text(masked, n_images=5, with_masks=True)
     mp.spawn(_rank_main, args=(free_port(), str(data), str(masked), str(tmp_path / "two")), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    for r in (0, 1):  # teardown ended the group: no gloo thread is left to run at interpreter exit
+        assert json.loads((tmp_path / f"threads{r}.json").read_text()) in ([], None)
 
     full = load_scene(data, verbose=False)
     for rank, r in enumerate((r0, r1)):  # rank r holds views r, r + 2, ... of each split, and no others

@@ -92,6 +92,7 @@ def setup(topology: Topology, device: str, backend: Backend = "auto", timeout_s:
     if backend == "auto":
         backend = "nccl" if dev.type == "cuda" and dist.is_nccl_available() else "gloo"
     address = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+    _import_before_the_group()
     try:
         dist.init_process_group(backend, rank=topology.rank, world_size=topology.world,
                                 timeout=datetime.timedelta(seconds=timeout_s),
@@ -102,6 +103,15 @@ def setup(topology: Topology, device: str, backend: Backend = "auto", timeout_s:
             f"within {timeout_s:g} s ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
             "check MASTER_ADDR / MASTER_PORT and that every process was started") from None
     return Group(topology, dev, backend, timeout_s)
+
+
+def _import_before_the_group() -> None:
+    """Import torch.distributed.nn before the process group exists. Its functions take
+    `group=group.WORLD` as a default argument, evaluated at import; torch.optim imports it
+    (through torch._dynamo) at the first optimizer, and imported then it keeps the group alive
+    past destroy_process_group. The group's gloo threads then outlive teardown, and one still
+    releasing a finished collective's tensors at interpreter exit aborts the process (SIGABRT)."""
+    import torch.distributed.nn  # noqa: F401 - imported for the side effect above
 
 
 def teardown() -> None:
