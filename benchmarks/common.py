@@ -37,10 +37,13 @@ SH_C0 = 0.28209479177387814
 def load_run(run: Path):
     """(Gaussians, output folder, scene, render settings) of a `splatlab train` output folder:
     the model, the dataset, split and masks its config.json names, and the settings (background
-    included) its evaluation renders with. ValueError when `run` has no config.json."""
+    included) its evaluation renders with. ValueError when `run` has no model or no config.json."""
     from splatlab import cli  # here, not at the top: other benchmarks run other checkouts' code
 
-    gaussians, _ply, folder = cli._load_model(run)
+    try:
+        gaussians, _ply, folder = cli._load_model(run)
+    except cli.CLIError as e:  # no such folder, no model in it: the scripts' usage error
+        raise ValueError(str(e)) from None
     saved = cli._config_of_run(folder)
     if saved is None:
         raise ValueError(f"{run}: not a `splatlab train` output folder (no config.json)")
