@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from splatlab.camera import Camera
@@ -79,3 +80,26 @@ def test_up_from_cameras_is_not_tilted_by_cameras_looking_up():
     tilt = math.degrees(math.acos(float(mean_up[2] / mean_up.norm())))
     assert tilt > 15  # the naive estimate is off
     assert torch.allclose(up_from_cameras(c2ws), torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64), atol=1e-6)
+
+
+def test_orbit_circles_the_capture_with_its_median_field_of_view():
+    """A ring of cameras around the origin whose first photo is a telephoto: the orbit keeps
+    the ring's height, distance and centre, and frames with the median field of view."""
+    from splatlab.camera_paths import orbit_from_cameras
+
+    fovs = [12.0, 30.0, 40.0, 45.0, 50.0]  # degrees; the first is the odd one
+    cams = []
+    for k, fov in enumerate(fovs):
+        t = 2 * math.pi * k / len(fovs)
+        cams.append(Camera.look_at([4 * math.cos(t), 4 * math.sin(t), 1.0], (0, 0, 0), (0, 0, 1),
+                                   fov_x=math.radians(fov), width=60, height=40))
+    orbit = orbit_from_cameras(cams, 6)
+    assert len(orbit) == 6
+    for cam in orbit:
+        assert (cam.width, cam.height) == (60, 40)
+        assert math.degrees(2 * math.atan(0.5 * cam.width / cam.fx)) == pytest.approx(40.0)
+        p = cam.position.double()
+        assert float(p[2]) == pytest.approx(1.0, abs=1e-6)
+        assert float(p[:2].norm()) == pytest.approx(4.0, abs=1e-6)
+        centre = cam.c2w.double()[:3, 3] + float(p.norm()) * cam.c2w.double()[:3, 2]  # looks at the origin
+        assert float(centre.norm()) < 1e-6

@@ -31,7 +31,9 @@ def look_at_point(cameras: Sequence[Camera]) -> torch.Tensor:
 
 def orbit_from_cameras(cameras: Sequence[Camera], num_frames: int = 120) -> list[Camera]:
     """A circle around the capture's look-at point, at the cameras' mean height and distance,
-    around their mean 'up' direction, with the first camera's intrinsics."""
+    around their mean 'up' direction, with the first camera's image size and the cameras'
+    median horizontal field of view (a photo collection mixes focal lengths: its first photo
+    may be a telephoto that frames only part of what the others show)."""
     if not cameras:
         raise ValueError("orbit_from_cameras needs at least one camera")
     target = look_at_point(cameras)
@@ -43,7 +45,7 @@ def orbit_from_cameras(cameras: Sequence[Camera], num_frames: int = 120) -> list
     e1 = radial[0] / radial[0].norm().clamp_min(1e-12)
     e2 = torch.linalg.cross(up, e1)
     ref = cameras[0]
-    fov_x = 2 * math.atan(0.5 * ref.width / ref.fx)
+    fov_x = median_fov_x(cameras)
     frames = []
     for i in range(num_frames):
         t = 2 * math.pi * i / num_frames
@@ -51,6 +53,13 @@ def orbit_from_cameras(cameras: Sequence[Camera], num_frames: int = 120) -> list
         frames.append(Camera.look_at(eye.tolist(), target.tolist(), up.tolist(), fov_x=fov_x,
                                      width=ref.width, height=ref.height, name=f"orbit_{i:04d}"))
     return frames
+
+
+def median_fov_x(cameras: Sequence[Camera]) -> float:
+    """The cameras' median horizontal field of view, in radians."""
+    fovs = sorted(2 * math.atan(0.5 * c.width / c.fx) for c in cameras)
+    mid = len(fovs) // 2
+    return fovs[mid] if len(fovs) % 2 else 0.5 * (fovs[mid - 1] + fovs[mid])
 
 
 def orbit_around_gaussians(
