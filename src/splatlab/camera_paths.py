@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Sequence
 
 import torch
@@ -45,7 +46,7 @@ def orbit_from_cameras(cameras: Sequence[Camera], num_frames: int = 120) -> list
     e1 = radial[0] / radial[0].norm().clamp_min(1e-12)
     e2 = torch.linalg.cross(up, e1)
     ref = cameras[0]
-    fov_x = median_fov_x(cameras)
+    fov_x = statistics.median(2 * math.atan(0.5 * c.width / c.fx) for c in cameras)  # radians
     frames = []
     for i in range(num_frames):
         t = 2 * math.pi * i / num_frames
@@ -53,13 +54,6 @@ def orbit_from_cameras(cameras: Sequence[Camera], num_frames: int = 120) -> list
         frames.append(Camera.look_at(eye.tolist(), target.tolist(), up.tolist(), fov_x=fov_x,
                                      width=ref.width, height=ref.height, name=f"orbit_{i:04d}"))
     return frames
-
-
-def median_fov_x(cameras: Sequence[Camera]) -> float:
-    """The cameras' median horizontal field of view, in radians."""
-    fovs = sorted(2 * math.atan(0.5 * c.width / c.fx) for c in cameras)
-    mid = len(fovs) // 2
-    return fovs[mid] if len(fovs) % 2 else 0.5 * (fovs[mid - 1] + fovs[mid])
 
 
 def orbit_around_gaussians(
