@@ -3,6 +3,7 @@
     python benchmarks/profile_step.py                          # 64k and 200k Gaussians at 400², 2 threads
     python benchmarks/profile_step.py --src ../main/src        # the same for another checkout's code
     python benchmarks/profile_step.py --sizes 64k --repeats 9 --markdown
+    python benchmarks/profile_step.py --ply point_cloud.ply    # a trained model, bench_render.py's view
 
 One step as training runs it on the cpu backend: projection (ProjectGaussians), binning,
 compositing forward (no depth channel where the code supports that, as training renders),
@@ -41,34 +42,50 @@ def _import_stages():
     return ProjectGaussians, CameraParams, bin_gaussians, CompositeTiles
 
 
-def _camera_params(CameraParams, camera, threads):
+def _camera_params(CameraParams, camera, threads, sh_degree=3):
     import torch
 
     viewmat = camera.viewmat.to(torch.float32).double().contiguous().numpy()
     campos = camera.position.to(torch.float32).double().contiguous().numpy()
     return CameraParams(viewmat=viewmat, campos=campos, fx=camera.fx, fy=camera.fy, cx=camera.cx, cy=camera.cy,
                         width=camera.width, height=camera.height, near=0.01, far=1e10, eps2d=0.3,
-                        antialiased=False, sh_degree=3, num_threads=threads)  # fmt: skip
+                        antialiased=False, sh_degree=sh_degree, num_threads=threads)  # fmt: skip
 
 
-def profile(n: int, res: int, threads: int, repeats: int, clock=time.perf_counter) -> dict:
+def _scene(n: int, res: int, ply: str | None):
+    """(raw parameter tensors, camera, SH degree, generator for the target image): the standard
+    random scene at SH degree 3, or a trained model seen as bench_render.py --ply sees it."""
+    import torch
+
+    import common
+
+    if ply:
+        import bench_render
+
+        g, camera = bench_render.load_ply_scene(ply, res)
+        degree = round((g.shN.shape[1] + 1) ** 0.5) - 1
+        return ([g.means, g.quats, g.log_scales, g.logit_opacities, g.sh0, g.shN], camera, degree,
+                torch.Generator().manual_seed(2))  # fmt: skip
+    base, camera = common.standard_scene(n, res)
+    gen = torch.Generator().manual_seed(2)
+    shN = 0.05 * torch.randn(n, 15, 3, generator=gen)
+    return [base.means, base.quats, base.log_scales, base.logit_opacities, base.sh0, shN], camera, 3, gen
+
+
+def profile(n: int, res: int, threads: int, repeats: int, clock=time.perf_counter, ply: str | None = None) -> dict:
     import torch
 
     from splatlab.losses import photometric_loss
 
-    import common
-
     ProjectGaussians, CameraParams, bin_gaussians, CompositeTiles = _import_stages()
     no_depth = "render_depth" in inspect.signature(CompositeTiles.forward).parameters
     torch.set_num_threads(threads)
-    base, camera = common.standard_scene(n, res)
-    gen = torch.Generator().manual_seed(2)
-    shN = 0.05 * torch.randn(n, 15, 3, generator=gen)
-    raw = [base.means, base.quats, base.log_scales, base.logit_opacities, base.sh0, shN]
+    raw, camera, degree, gen = _scene(n, res, ply)
+    n = len(raw[0])
     params = [torch.nn.Parameter(t.detach().clone().contiguous()) for t in raw]
     optims = [torch.optim.Adam([p], lr=1e-3, fused=True) for p in params]
     target = torch.rand(res, res, 3, generator=gen)
-    cam = _camera_params(CameraParams, camera, threads)
+    cam = _camera_params(CameraParams, camera, threads, degree)
     times = {k: [] for k in STAGES}
 
     def step(record: bool):
@@ -107,7 +124,7 @@ def profile(n: int, res: int, threads: int, repeats: int, clock=time.perf_counte
         isect = step(True)
     import splatlab
 
-    return {"src": str(Path(splatlab.__file__).parents[1]), "n": n, "res": res, "threads": threads,
+    return {"src": str(Path(splatlab.__file__).parents[1]), "scene": Path(ply).name if ply else "random", "n": n, "res": res, "threads": threads,
             "intersections": isect, "no_depth": no_depth,
             "ms": {k: round(1000 * statistics.median(v), 1) for k, v in times.items()}}  # fmt: skip
 
@@ -118,6 +135,7 @@ def main() -> int:
     ap.add_argument("--res", type=int, default=400)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--ply", default=None, help="a trained model instead of the random scene (one size: its own)")
     ap.add_argument("--src", default=str(HERE.parent / "src"), help="the splatlab source tree to profile")
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                     help="wall clock, or this process's CPU time (all threads; steadier on a busy machine)")
@@ -127,9 +145,10 @@ def main() -> int:
     sys.path.insert(0, str(Path(args.src).resolve()))
     import splatlab  # noqa: F401  first, as the CLI does: its import-time settings apply (OMP_WAIT_POLICY)
     rows = []
-    for size in args.sizes:
+    for size in [str(0)] if args.ply else args.sizes:
         n = int(float(size.rstrip("kK")) * 1000) if size[-1] in "kK" else int(size)
-        r = profile(n, args.res, args.threads, args.repeats, time.perf_counter if args.clock == "wall" else time.process_time)
+        r = profile(n, args.res, args.threads, args.repeats, time.perf_counter if args.clock == "wall" else time.process_time,
+                    args.ply)
         r["clock"] = args.clock
         print(json.dumps(r), flush=True)
         rows.append(r)
@@ -137,7 +156,7 @@ def main() -> int:
         print("| Gaussians | intersections | " + " | ".join(f"{s} ms" for s in STAGES) + " |")
         print("|---|---|" + "---|" * len(STAGES))
         for r in rows:
-            print(f"| {r['n'] // 1000}k | {r['intersections']} | " + " | ".join(str(r["ms"][s]) for s in STAGES) + " |")
+            print(f"| {r['n'] // 1000}k{' ' + r['scene'] if args.ply else ''} | {r['intersections']} | " + " | ".join(str(r["ms"][s]) for s in STAGES) + " |")
     return 0
 
 
