@@ -270,6 +270,31 @@ def _fold_lanes(lanes, qb):
     lanes[qb] += lanes[qb + np.uint64(1)]
 
 
+@njit(inline="always", **_JIT_FMA)
+def _pass3(nw, base, off, xl, mx, dy, ca, cb, cc, half, alpha_max, zero, vtrans, tfin, rb, lanes, with_abs):
+    """The backward's pass 3 over one row: dL/dalpha's T_final term, then through
+    alpha = o exp(power) to the lanes of o, mx, my, A, B, C (and |mx|, |my| when with_abs)."""
+    for jj in range(nw):
+        j = np.uint64(jj)
+        p = base + j
+        dx = xl[off + j] - mx
+        raw = rb[_RB_RAW + j]
+        v_alpha = rb[_RB_VA + j] - vtrans[p] * tfin[p] * rb[_RB_INV + j]
+        ok = (rb[_RB_M + j] != zero) & (raw <= alpha_max)  # the clamp passes no gradient
+        v_power = v_alpha * raw if ok else zero
+        v_mx = v_power * (ca * dx + cb * dy)
+        v_my = v_power * (cb * dx + cc * dy)
+        lanes[j] += v_alpha * rb[_RB_G + j] if ok else zero
+        lanes[TILE + j] += v_mx
+        lanes[2 * TILE + j] += v_my
+        lanes[3 * TILE + j] -= half * v_power * (dx * dx)
+        lanes[4 * TILE + j] -= v_power * dx * dy
+        lanes[5 * TILE + j] -= half * v_power * (dy * dy)
+        if with_abs:
+            lanes[6 * TILE + j] += abs(v_mx)
+            lanes[7 * TILE + j] += abs(v_my)
+
+
 @njit(**_JIT_FMA)
 def _backward_tile(
     tile, tw, rec, bbox, isect_gid, rect, slot_offsets, tile_offsets, width, height, tiles_x,
@@ -378,25 +403,13 @@ def _backward_tile(
                     rb[_RB_VA + j] += rb[_RB_M + j] * (vk * (f * rb[_RB_T + j] - s * rb[_RB_INV + j]))
                     lanes[lb + j] += vk * rb[_RB_W + j]
                     behind[kb + j] = s + f * rb[_RB_W + j]
-            # pass 3: the T_final term, then through alpha = o exp(power) to o, conic, centre
-            for jj in range(nw):
-                j = np.uint64(jj)
-                p = base + j
-                dx = xl[off + j] - mx
-                raw = rb[_RB_RAW + j]
-                v_alpha = rb[_RB_VA + j] - vtrans[p] * tfin[p] * rb[_RB_INV + j]
-                ok = (rb[_RB_M + j] != zero) & (raw <= alpha_max)  # the clamp passes no gradient
-                v_power = v_alpha * raw if ok else zero
-                v_mx = v_power * (ca * dx + cb * dy)
-                v_my = v_power * (cb * dx + cc * dy)
-                lanes[j] += v_alpha * rb[_RB_G + j] if ok else zero
-                lanes[TILE + j] += v_mx
-                lanes[2 * TILE + j] += v_my
-                lanes[3 * TILE + j] -= half * v_power * (dx * dx)
-                lanes[4 * TILE + j] -= v_power * dx * dy
-                lanes[5 * TILE + j] -= half * v_power * (dy * dy)
-                lanes[6 * TILE + j] += abs(v_mx)
-                lanes[7 * TILE + j] += abs(v_my)
+            # pass 3: the T_final term, then through alpha = o exp(power) to o, conic, centre.
+            # Two copies of one inlined loop: with a constant `with_abs` LLVM drops the |.| sums
+            # that only AbsGS densification reads (the default strategy does not).
+            if want_abs:
+                _pass3(nw, base, off, xl, mx, dy, ca, cb, cc, half, alpha_max, zero, vtrans, tfin, rb, lanes, True)
+            else:
+                _pass3(nw, base, off, xl, mx, dy, ca, cb, cc, half, alpha_max, zero, vtrans, tfin, rb, lanes, False)
         if not any_row:
             continue
         # Sum the lanes in a fixed order into the slot this (Gaussian, tile) pair owns. Lanes
@@ -407,7 +420,8 @@ def _backward_tile(
         # widths (8, 4, 2, 1), not a halving loop: with the OR above, ~10% less backward time
         # (docs/benchmarks.md, session 10), same bits.
         for q in range(_NL + nf):
-            _fold_lanes(lanes, np.uint64(q * TILE))
+            if want_abs or q < 6 or q >= _NL:  # lanes 6, 7 (the |.| sums) are zero without want_abs
+                _fold_lanes(lanes, np.uint64(q * TILE))
         slot_grad[s, 0] = lanes[TILE]
         slot_grad[s, 1] = lanes[2 * TILE]
         slot_grad[s, 2] = lanes[3 * TILE]
