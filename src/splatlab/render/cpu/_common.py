@@ -40,76 +40,47 @@ def _rotmat(w, x, y, z):
 
 
 @njit(inline="always", **_JIT)
-def _sh_basis_k(k, x, y, z):
-    """The k-th real SH basis function (k < 16) at unit direction (x, y, z)."""
-    if k == 0:
-        return SH_C0
-    if k == 1:
-        return -SH_C1 * y
-    if k == 2:
-        return SH_C1 * z
-    if k == 3:
-        return -SH_C1 * x
-    if k == 4:
-        return SH_C2_0 * x * y
-    if k == 5:
-        return SH_C2_1 * y * z
-    if k == 6:
-        return SH_C2_2 * (2.0 * z * z - x * x - y * y)
-    if k == 7:
-        return SH_C2_3 * x * z
-    if k == 8:
-        return SH_C2_4 * (x * x - y * y)
-    if k == 9:
-        return SH_C3_0 * y * (3.0 * x * x - y * y)
-    if k == 10:
-        return SH_C3_1 * x * y * z
-    if k == 11:
-        return SH_C3_2 * y * (4.0 * z * z - x * x - y * y)
-    if k == 12:
-        return SH_C3_3 * z * (2.0 * z * z - 3.0 * x * x - 3.0 * y * y)
-    if k == 13:
-        return SH_C3_4 * x * (4.0 * z * z - x * x - y * y)
-    if k == 14:
-        return SH_C3_5 * z * (x * x - y * y)
-    return SH_C3_6 * x * (x * x - 3.0 * y * y)
+def _sh_bases(x, y, z):
+    """The 16 real SH basis functions of degrees 0-3 at unit direction (x, y, z), as one tuple.
+
+    Straight-line code, indexed by the caller's loop: a function of k with a branch per basis
+    function cost the projection backward about a third of its time (branches per coefficient).
+    """
+    xx, yy, zz = x * x, y * y, z * z
+    return (
+        SH_C0,
+        -SH_C1 * y, SH_C1 * z, -SH_C1 * x,
+        SH_C2_0 * x * y, SH_C2_1 * y * z, SH_C2_2 * (2.0 * zz - xx - yy), SH_C2_3 * x * z,
+        SH_C2_4 * (xx - yy),
+        SH_C3_0 * y * (3.0 * xx - yy), SH_C3_1 * x * y * z, SH_C3_2 * y * (4.0 * zz - xx - yy),
+        SH_C3_3 * z * (2.0 * zz - 3.0 * xx - 3.0 * yy), SH_C3_4 * x * (4.0 * zz - xx - yy),
+        SH_C3_5 * z * (xx - yy), SH_C3_6 * x * (xx - 3.0 * yy),
+    )  # fmt: skip
 
 
 @njit(inline="always", **_JIT)
-def _sh_basis_grad_k(k, x, y, z):
-    """Gradient of the k-th basis function w.r.t. (x, y, z), treated as independent."""
-    if k == 0:
-        return 0.0, 0.0, 0.0
-    if k == 1:
-        return 0.0, -SH_C1, 0.0
-    if k == 2:
-        return 0.0, 0.0, SH_C1
-    if k == 3:
-        return -SH_C1, 0.0, 0.0
-    if k == 4:
-        return SH_C2_0 * y, SH_C2_0 * x, 0.0
-    if k == 5:
-        return 0.0, SH_C2_1 * z, SH_C2_1 * y
-    if k == 6:
-        return -2.0 * SH_C2_2 * x, -2.0 * SH_C2_2 * y, 4.0 * SH_C2_2 * z
-    if k == 7:
-        return SH_C2_3 * z, 0.0, SH_C2_3 * x
-    if k == 8:
-        return 2.0 * SH_C2_4 * x, -2.0 * SH_C2_4 * y, 0.0
+def _sh_basis_grads(x, y, z):
+    """d/dx, d/dy, d/dz of the 16 basis functions (x, y, z treated as independent): three tuples."""
     xx, yy, zz = x * x, y * y, z * z
-    if k == 9:
-        return 6.0 * SH_C3_0 * x * y, SH_C3_0 * (3.0 * xx - 3.0 * yy), 0.0
-    if k == 10:
-        return SH_C3_1 * y * z, SH_C3_1 * x * z, SH_C3_1 * x * y
-    if k == 11:
-        return -2.0 * SH_C3_2 * x * y, SH_C3_2 * (4.0 * zz - xx - 3.0 * yy), 8.0 * SH_C3_2 * y * z
-    if k == 12:
-        return -6.0 * SH_C3_3 * x * z, -6.0 * SH_C3_3 * y * z, SH_C3_3 * (6.0 * zz - 3.0 * xx - 3.0 * yy)
-    if k == 13:
-        return SH_C3_4 * (4.0 * zz - 3.0 * xx - yy), -2.0 * SH_C3_4 * x * y, 8.0 * SH_C3_4 * x * z
-    if k == 14:
-        return 2.0 * SH_C3_5 * x * z, -2.0 * SH_C3_5 * y * z, SH_C3_5 * (xx - yy)
-    return SH_C3_6 * (3.0 * xx - 3.0 * yy), -6.0 * SH_C3_6 * x * y, 0.0
+    gx = (
+        0.0, 0.0, 0.0, -SH_C1,
+        SH_C2_0 * y, 0.0, -2.0 * SH_C2_2 * x, SH_C2_3 * z, 2.0 * SH_C2_4 * x,
+        6.0 * SH_C3_0 * x * y, SH_C3_1 * y * z, -2.0 * SH_C3_2 * x * y, -6.0 * SH_C3_3 * x * z,
+        SH_C3_4 * (4.0 * zz - 3.0 * xx - yy), 2.0 * SH_C3_5 * x * z, SH_C3_6 * (3.0 * xx - 3.0 * yy),
+    )  # fmt: skip
+    gy = (
+        0.0, -SH_C1, 0.0, 0.0,
+        SH_C2_0 * x, SH_C2_1 * z, -2.0 * SH_C2_2 * y, 0.0, -2.0 * SH_C2_4 * y,
+        SH_C3_0 * (3.0 * xx - 3.0 * yy), SH_C3_1 * x * z, SH_C3_2 * (4.0 * zz - xx - 3.0 * yy),
+        -6.0 * SH_C3_3 * y * z, -2.0 * SH_C3_4 * x * y, -2.0 * SH_C3_5 * y * z, -6.0 * SH_C3_6 * x * y,
+    )  # fmt: skip
+    gz = (
+        0.0, 0.0, SH_C1, 0.0,
+        0.0, SH_C2_1 * y, 4.0 * SH_C2_2 * z, SH_C2_3 * x, 0.0,
+        0.0, SH_C3_1 * x * y, 8.0 * SH_C3_2 * y * z, SH_C3_3 * (6.0 * zz - 3.0 * xx - 3.0 * yy),
+        8.0 * SH_C3_4 * x * z, SH_C3_5 * (xx - yy), 0.0,
+    )  # fmt: skip
+    return gx, gy, gz
 
 
 @njit(inline="always", **_JIT)
