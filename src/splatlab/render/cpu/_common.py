@@ -131,6 +131,29 @@ def _alpha_box(mx, my, a, b, c, o, width, height):
 
 
 @intrinsic
+def _prefetch_row(typingctx, arr, row):
+    """Hint the CPU to load row `row` of the 2-D array `arr` into cache (llvm.prefetch; no
+    bounds check, no effect on results). The compositing reads one record per intersection in
+    an order set by depth, i.e. scattered: asking for the next one early hides the miss."""
+    if not (isinstance(arr, types.Array) and arr.ndim == 2 and isinstance(row, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        aryty = sig.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        idx = context.cast(builder, args[1], sig.args[1], types.intp)
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [idx, context.get_constant(types.intp, 0)])
+        i32 = ir.IntType(32)
+        i8p = ir.IntType(8).as_pointer()
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])  # read, keep in all cache levels, data
+        return context.get_dummy_value()
+
+    return types.void(arr, row), codegen
+
+
+@intrinsic
 def _fetch_add_one(typingctx, counter, index):
     """Atomically `old = counter[index]; counter[index] += 1; return old` (int64 array)."""
     if not (isinstance(counter, types.Array) and counter.dtype == types.int64 and isinstance(index, types.Integer)):

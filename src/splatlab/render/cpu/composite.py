@@ -26,7 +26,7 @@ import torch
 from numba import njit, prange
 
 from ...constants import ALPHA_MAX, ALPHA_MIN, T_MIN
-from ._common import _JIT, NPIX, TILE, _alpha_box, _fetch_add_one, _fexp
+from ._common import _JIT, NPIX, TILE, _alpha_box, _fetch_add_one, _fexp, _prefetch_row
 from ._threads import _np, numba_threads
 from .binning import TileBinning
 
@@ -138,8 +138,12 @@ def _forward_tile(
         row_done[r] += 1 if outside else 0
     rows = 0
     num_done = num_outside
-    for i in range(tile_offsets[tile], tile_offsets[tile + 1]):
+    i_end = tile_offsets[tile + 1]
+    for i in range(tile_offsets[tile], i_end):
         g = isect_gid[i]
+        if i + 1 < i_end:  # the next intersection's record: scattered in memory, fetch it early
+            _prefetch_row(rec, isect_gid[i + 1])
+            _prefetch_row(bbox, isect_gid[i + 1])
         bx0 = max(bbox[g, 0], px0)
         bx1 = min(bbox[g, 2], px1 - 1)
         by0 = max(bbox[g, 1], py0)
@@ -341,6 +345,10 @@ def _backward_tile(
         i_max = max(i_max, rowmax[r])
     for i in range(i_max, start - 1, -1):
         g = isect_gid[i]
+        if i > start:  # as in the forward: the next (here: previous) intersection's data
+            _prefetch_row(rec, isect_gid[i - 1])
+            _prefetch_row(bbox, isect_gid[i - 1])
+            _prefetch_row(rect, isect_gid[i - 1])
         bx0 = max(bbox[g, 0], px0)
         bx1 = min(bbox[g, 2], px1 - 1)
         by0 = max(bbox[g, 1], py0)
