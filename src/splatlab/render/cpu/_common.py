@@ -135,14 +135,15 @@ def _prefetch_row(typingctx, arr, row):
     """Hint the CPU to load row `row` of the 2-D array `arr` into cache (llvm.prefetch; no
     bounds check, no effect on results). The compositing reads one record per intersection in
     an order set by depth, i.e. scattered: asking for the next one early hides the miss."""
-    if not (isinstance(arr, types.Array) and arr.ndim == 2 and isinstance(row, types.Integer)):
+    if not (isinstance(arr, types.Array) and arr.ndim in (1, 2) and isinstance(row, types.Integer)):
         return None
 
     def codegen(context, builder, sig, args):
         aryty = sig.args[0]
         ary = context.make_array(aryty)(context, builder, args[0])
         idx = context.cast(builder, args[1], sig.args[1], types.intp)
-        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [idx, context.get_constant(types.intp, 0)])
+        index = [idx] + [context.get_constant(types.intp, 0)] * (aryty.ndim - 1)
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, index)
         i32 = ir.IntType(32)
         i8p = ir.IntType(8).as_pointer()
         fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])

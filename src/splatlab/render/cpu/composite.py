@@ -349,6 +349,10 @@ def _backward_tile(
             _prefetch_row(rec, isect_gid[i - 1])
             _prefetch_row(bbox, isect_gid[i - 1])
             _prefetch_row(rect, isect_gid[i - 1])
+            _prefetch_row(slot_offsets, isect_gid[i - 1])
+        # the slot this pair's gradient goes to (written at the end): fetch it early too
+        slot = slot_offsets[g] + (ty - rect[g, 1]) * (rect[g, 2] - rect[g, 0] + 1) + (tx - rect[g, 0])
+        _prefetch_row(slot_grad, slot)
         bx0 = max(bbox[g, 0], px0)
         bx1 = min(bbox[g, 2], px1 - 1)
         by0 = max(bbox[g, 1], py0)
@@ -422,25 +426,23 @@ def _backward_tile(
             continue
         # Sum the lanes in a fixed order into the slot this (Gaussian, tile) pair owns. Lanes
         # outside the footprint box hold exact zeros, so only the box's columns are summed.
-        span_x = rect[g, 2] - rect[g, 0] + 1
-        s = slot_offsets[g] + (ty - rect[g, 1]) * span_x + (tx - rect[g, 0])
         # pairwise, fixed order: lanes[q*16] ends as the sum of quantity q's 16 lanes. Constant
         # widths (8, 4, 2, 1), not a halving loop: with the OR above, ~10% less backward time
         # (docs/benchmarks.md, session 10), same bits.
         for q in range(_NL + nf):
             if want_abs or q < 6 or q >= _NL:  # lanes 6, 7 (the |.| sums) are zero without want_abs
                 _fold_lanes(lanes, np.uint64(q * TILE))
-        slot_grad[s, 0] = lanes[TILE]
-        slot_grad[s, 1] = lanes[2 * TILE]
-        slot_grad[s, 2] = lanes[3 * TILE]
-        slot_grad[s, 3] = lanes[4 * TILE]
-        slot_grad[s, 4] = lanes[5 * TILE]
-        slot_grad[s, 5] = lanes[0]
+        slot_grad[slot, 0] = lanes[TILE]
+        slot_grad[slot, 1] = lanes[2 * TILE]
+        slot_grad[slot, 2] = lanes[3 * TILE]
+        slot_grad[slot, 3] = lanes[4 * TILE]
+        slot_grad[slot, 4] = lanes[5 * TILE]
+        slot_grad[slot, 5] = lanes[0]
         for k in range(nf):
-            slot_grad[s, 6 + k] = lanes[(_NL + k) * TILE]
+            slot_grad[slot, 6 + k] = lanes[(_NL + k) * TILE]
         if want_abs:
-            slot_abs[s, 0] = lanes[6 * TILE]
-            slot_abs[s, 1] = lanes[7 * TILE]
+            slot_abs[slot, 0] = lanes[6 * TILE]
+            slot_abs[slot, 1] = lanes[7 * TILE]
 
 
 @njit(parallel=True, **_JIT_FMA)
