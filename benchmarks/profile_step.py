@@ -124,8 +124,8 @@ def profile(n: int, res: int, threads: int, repeats: int, clock=time.perf_counte
         isect = step(True)
     import splatlab
 
-    return {"src": str(Path(splatlab.__file__).parents[1]), "scene": Path(ply).name if ply else "random", "n": n, "res": res, "threads": threads,
-            "intersections": isect, "no_depth": no_depth,
+    return {"src": str(Path(splatlab.__file__).parents[1]), "scene": Path(ply).name if ply else "random",
+            "n": n, "res": res, "threads": threads, "intersections": isect, "no_depth": no_depth,
             "ms": {k: round(1000 * statistics.median(v), 1) for k, v in times.items()}}  # fmt: skip
 
 
@@ -145,10 +145,10 @@ def main() -> int:
     sys.path.insert(0, str(Path(args.src).resolve()))
     import splatlab  # noqa: F401  first, as the CLI does: its import-time settings apply (OMP_WAIT_POLICY)
     rows = []
-    for size in [str(0)] if args.ply else args.sizes:
+    for size in ["0"] if args.ply else args.sizes:  # a model has its own size
         n = int(float(size.rstrip("kK")) * 1000) if size[-1] in "kK" else int(size)
-        r = profile(n, args.res, args.threads, args.repeats, time.perf_counter if args.clock == "wall" else time.process_time,
-                    args.ply)
+        clock = time.perf_counter if args.clock == "wall" else time.process_time
+        r = profile(n, args.res, args.threads, args.repeats, clock, args.ply)
         r["clock"] = args.clock
         print(json.dumps(r), flush=True)
         rows.append(r)
@@ -156,7 +156,8 @@ def main() -> int:
         print("| Gaussians | intersections | " + " | ".join(f"{s} ms" for s in STAGES) + " |")
         print("|---|---|" + "---|" * len(STAGES))
         for r in rows:
-            print(f"| {r['n'] // 1000}k{' ' + r['scene'] if args.ply else ''} | {r['intersections']} | " + " | ".join(str(r["ms"][s]) for s in STAGES) + " |")
+            name = f"{r['n'] // 1000}k" + (f" {r['scene']}" if args.ply else "")
+            print(f"| {name} | {r['intersections']} | " + " | ".join(str(r["ms"][s]) for s in STAGES) + " |")
     return 0
 
 

@@ -132,8 +132,8 @@ def _alpha_box(mx, my, a, b, c, o, width, height):
 
 @intrinsic
 def _prefetch_row(typingctx, arr, row):
-    """Hint the CPU to load row `row` of the 2-D array `arr` into cache (llvm.prefetch; no
-    bounds check, no effect on results). The compositing reads one record per intersection in
+    """Hint the CPU to load row `row` of the 1-D or 2-D array `arr` into cache (llvm.prefetch;
+    no bounds check, no effect on results). The compositing reads one record per intersection in
     an order set by depth, i.e. scattered: asking for the next one early hides the miss."""
     if not (isinstance(arr, types.Array) and arr.ndim in (1, 2) and isinstance(row, types.Integer)):
         return None

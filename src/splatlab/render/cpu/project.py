@@ -134,14 +134,12 @@ def _view_dir(m, campos):
 
 
 @njit(**_JIT)
-def _sh_raw(i, sh0, shN, num_bases, ux, uy, uz):
-    """SH colour of Gaussian i in direction u, before the +0.5 and the clamp at 0."""
+def _sh_raw(i, sh0, shN, num_bases, basis):
+    """SH colour of Gaussian i from the basis values at its view direction (_sh_bases), before
+    the +0.5 and the clamp at 0."""
     c0 = SH_C0 * float(sh0[i, 0, 0])
     c1 = SH_C0 * float(sh0[i, 0, 1])
     c2 = SH_C0 * float(sh0[i, 0, 2])
-    if num_bases == 1:
-        return c0, c1, c2
-    basis = _sh_bases(ux, uy, uz)
     for k in range(1, num_bases):
         bk = basis[k]
         c0 += bk * float(shN[i, k - 1, 0])
@@ -216,7 +214,7 @@ def project_forward(
         opacities[i] = 1.0 / (1.0 + math.exp(-float(logit_opacities[i]))) * comp
 
         ux, uy, uz, _dn = _view_dir(m, campos)
-        c0, c1, c2 = _sh_raw(i, sh0, shN, num_bases, ux, uy, uz)
+        c0, c1, c2 = _sh_raw(i, sh0, shN, num_bases, _sh_bases(ux, uy, uz))
         colors[i, 0] = max(c0 + 0.5, 0.0)
         colors[i, 1] = max(c1 + 0.5, 0.0)
         colors[i, 2] = max(c2 + 0.5, 0.0)
@@ -361,7 +359,8 @@ def _color_backward(i, sh0, shN, num_bases, m, campos, v_colors, g_sh0, g_shN):
     """colour = max(SH(dir) + 0.5, 0), backward: writes g_sh0[i], g_shN[i] and returns the
     gradient of the mean through the normalised view direction."""
     ux, uy, uz, dn = _view_dir(m, campos)
-    r0, r1, r2 = _sh_raw(i, sh0, shN, num_bases, ux, uy, uz)  # for the clamp's mask
+    basis = _sh_bases(ux, uy, uz)
+    r0, r1, r2 = _sh_raw(i, sh0, shN, num_bases, basis)  # for the clamp's mask
     v0 = float(v_colors[i, 0]) if r0 + 0.5 >= 0.0 else 0.0
     v1 = float(v_colors[i, 1]) if r1 + 0.5 >= 0.0 else 0.0
     v2 = float(v_colors[i, 2]) if r2 + 0.5 >= 0.0 else 0.0
@@ -373,7 +372,6 @@ def _color_backward(i, sh0, shN, num_bases, m, campos, v_colors, g_sh0, g_shN):
             g_shN[i, k, c] = 0.0
     if num_bases == 1:
         return 0.0, 0.0, 0.0
-    basis = _sh_bases(ux, uy, uz)
     bgx, bgy, bgz = _sh_basis_grads(ux, uy, uz)
     gux = 0.0
     guy = 0.0
